@@ -1,0 +1,13 @@
+//! Tracecube data sets: the shipped taxonomies and a deterministic generator of realistic
+//! customer-contact traces (see `shared/DOMAIN.md` for the figures it reproduces).
+
+pub mod generator;
+pub mod model;
+pub mod schema;
+pub mod taxonomy;
+pub mod writer;
+
+pub use generator::{GenOptions, generate_chunk};
+pub use schema::input_schema;
+pub use taxonomy::Taxonomy;
+pub use writer::{GenSummary, write_parquet};

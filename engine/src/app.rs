@@ -1,0 +1,53 @@
+//! What the `tracecube` commands do, callable from the binary and from tests.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::catalog;
+use crate::config::Config;
+use crate::demo;
+use crate::load::{LoadOptions, LoadRecord, Loader};
+use crate::server::Server;
+use crate::warehouse::Warehouse;
+
+/// Errors of a command, with the message to show.
+pub type AppError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Open the warehouse, fill it with the demo data set if it is empty and `config.demo` is
+/// set, and bind the PostgreSQL server (not yet accepting).
+pub async fn prepare_server(config: Config, progress: bool) -> Result<Server, AppError> {
+    let started = Instant::now();
+    let listen: SocketAddr = config.listen.parse()?;
+    let demo = config.demo;
+    let warehouse = Warehouse::open(config).await?;
+    tracing::info!("warehouse at {}", warehouse.root());
+    if demo && demo::is_empty(&warehouse).await? {
+        tracing::info!("the warehouse is empty: generating and loading the demo data set ({} traces)", demo::DEMO_ROWS);
+        let record = demo::load_demo(&warehouse, demo::DEMO_ROWS, progress).await?;
+        tracing::info!("{}", record.summary_line());
+    }
+    let ctx = catalog::session(&warehouse).await?;
+    let server = Server::bind(ctx, listen).await?;
+    tracing::info!(
+        "ready in {:.2} s: PostgreSQL clients can connect to {} (e.g. psql -h {} -p {} -U tracecube)",
+        started.elapsed().as_secs_f64(),
+        server.local_addr()?,
+        server.local_addr()?.ip(),
+        server.local_addr()?.port()
+    );
+    Ok(server)
+}
+
+/// `tracecube serve`: serve until `shutdown` completes.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    let server = prepare_server(config, true).await?;
+    server.run_until(shutdown).await?;
+    Ok(())
+}
+
+/// `tracecube load`: load `urls` into the configured warehouse.
+pub async fn load(config: Config, urls: &[String], options: &LoadOptions) -> Result<LoadRecord, AppError> {
+    let warehouse = Warehouse::open(config).await?;
+    Ok(Loader::new(&warehouse).load(urls, options).await?)
+}

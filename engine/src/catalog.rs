@@ -1,0 +1,155 @@
+//! The SQL session: warehouse tables registered (and kept fresh), the system schema
+//! `tracecube`, Tracecube's functions, and PostgreSQL's `pg_catalog`.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{MemorySchemaProvider, Session, TableProvider};
+use datafusion::common::Result;
+use datafusion::datasource::TableType;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown, col};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use tokio::sync::Mutex;
+
+use crate::warehouse::{Table, Warehouse, WarehouseError};
+
+/// Name of the catalog (the PostgreSQL database clients connect to).
+pub const CATALOG: &str = "tracecube";
+/// Schema of the system tables.
+pub const SYSTEM_SCHEMA: &str = "tracecube";
+/// How long a table's snapshot is trusted before checking for a newer version.
+const FRESHNESS: Duration = Duration::from_secs(1);
+
+/// A warehouse Delta table that follows new commits (from this or another process):
+/// each scan checks, at most once per second, for a newer version.
+#[derive(Debug)]
+pub struct LiveTable {
+    warehouse: Warehouse,
+    table: Table,
+    schema: SchemaRef,
+    current: Mutex<(Instant, Option<u64>, Arc<dyn TableProvider>)>,
+}
+
+impl LiveTable {
+    /// Open `table` of `warehouse` at its latest version.
+    pub async fn open(warehouse: &Warehouse, table: Table) -> Result<Self, WarehouseError> {
+        let t = warehouse.table(table).await?;
+        let version = t.version();
+        let provider = provider_of(warehouse, table, &t).await?;
+        Ok(LiveTable {
+            warehouse: warehouse.clone(),
+            table,
+            schema: provider.schema(),
+            current: Mutex::new((Instant::now(), version, provider)),
+        })
+    }
+
+    async fn provider(&self) -> Result<Arc<dyn TableProvider>> {
+        let mut current = self.current.lock().await;
+        if current.0.elapsed() >= FRESHNESS {
+            let t = self.warehouse.table(self.table).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+            if t.version() != current.1 {
+                let provider = provider_of(&self.warehouse, self.table, &t)
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                current.1 = t.version();
+                current.2 = provider;
+            }
+            current.0 = Instant::now();
+        }
+        Ok(current.2.clone())
+    }
+}
+
+async fn provider_of(
+    warehouse: &Warehouse,
+    table: Table,
+    t: &deltalake::DeltaTable,
+) -> Result<Arc<dyn TableProvider>, WarehouseError> {
+    t.table_provider().await.map_err(|e| WarehouseError::Delta {
+        table: table.dir().to_string(),
+        url: warehouse.table_url(table).to_string(),
+        source: e.into(),
+    })
+}
+
+#[async_trait]
+impl TableProvider for LiveTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn get_logical_plan(&self) -> Option<Cow<'_, LogicalPlan>> {
+        None
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Filters are used for pruning; DataFusion re-applies them to the rows.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.provider().await?.scan(state, projection, filters, limit).await
+    }
+}
+
+/// A session over `warehouse`: `traces`, `rejects`, `tracecube.loads`, pg_catalog and
+/// information_schema.
+pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseError> {
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_default_catalog_and_schema(CATALOG, "public")
+        .with_create_default_catalog_and_schema(true);
+    let ctx = SessionContext::new_with_config(config);
+    let df_err = |e: DataFusionError| WarehouseError::Delta {
+        table: "catalog".into(),
+        url: warehouse.root().to_string(),
+        source: e.into(),
+    };
+    let traces = Arc::new(LiveTable::open(warehouse, Table::Traces).await?);
+    ctx.register_table("traces", traces).map_err(df_err)?;
+
+    let loads = Arc::new(LiveTable::open(warehouse, Table::Loads).await?);
+    let system = Arc::new(MemorySchemaProvider::new());
+    ctx.catalog(CATALOG)
+        .expect("default catalog exists")
+        .register_schema(SYSTEM_SCHEMA, system)
+        .map_err(df_err)?;
+    ctx.register_table(format!("{SYSTEM_SCHEMA}.loads").as_str(), loads.clone()).map_err(df_err)?;
+
+    // Rejected rows are visible once their load committed: a load stopped between writing
+    // its rejects and committing its rows leaves nothing behind.
+    let rejects = Arc::new(LiveTable::open(warehouse, Table::Rejects).await?);
+    let committed = ctx
+        .read_table(loads)
+        .and_then(|df| df.filter(col("status").eq(datafusion::prelude::lit("committed"))))
+        .and_then(|df| df.select(vec![col("load_id").alias("committed_load_id")]))
+        .map_err(df_err)?;
+    let visible = ctx
+        .read_table(rejects)
+        .and_then(|df| {
+            df.join(committed, datafusion::common::JoinType::LeftSemi, &["load_id"], &["committed_load_id"], None)
+        })
+        .map_err(df_err)?;
+    ctx.register_table("rejects", visible.into_view()).map_err(df_err)?;
+
+    setup_pg_catalog(&ctx, CATALOG, EmptyContextProvider).map_err(|e| df_err(*e))?;
+    Ok(ctx)
+}

@@ -1,0 +1,14 @@
+//! Tracecube engine: configuration, the warehouse of Delta tables, loading, and the SQL
+//! session and PostgreSQL server that serve it.
+
+pub mod app;
+pub mod catalog;
+pub mod config;
+pub mod demo;
+pub mod load;
+pub mod schema;
+pub mod server;
+pub mod warehouse;
+
+pub use config::Config;
+pub use warehouse::Warehouse;

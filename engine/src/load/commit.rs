@@ -1,0 +1,260 @@
+//! Writing a load to the warehouse: rejects, the one `traces` commit (which carries the
+//! source identities as Delta transaction ids and the load record as commit metadata), and
+//! the `tracecube.loads` row.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use datafusion::arrow::datatypes::Date32Type;
+use datafusion::prelude::SessionContext;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::Transaction;
+use deltalake::protocol::SaveMode;
+use deltalake::DeltaTable;
+use futures::TryStreamExt;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use super::source::SourceFile;
+use super::{LoadError, LoadRecord, SourceRowError};
+use crate::schema::{loads_schema, rejects_schema, traces_schema};
+use crate::warehouse::{Table, Warehouse, WarehouseError};
+
+/// Key of the load record in a `traces` commit's metadata.
+const LOAD_METADATA_KEY: &str = "tracecube.load";
+
+fn delta_err(table: Table) -> impl Fn(deltalake::DeltaTableError) -> LoadError {
+    move |source| {
+        LoadError::Warehouse(WarehouseError::Delta {
+            table: table.dir().to_string(),
+            url: String::new(),
+            source,
+        })
+    }
+}
+
+/// Parquet settings of stored files: zstd, dictionary pages, statistics, large row groups.
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid zstd level")))
+        .set_dictionary_enabled(true)
+        .set_max_row_group_row_count(Some(1 << 20))
+        .build()
+}
+
+/// Whether `file` (same URL, size and ETag) was committed to `traces` by an earlier load.
+pub async fn source_already_loaded(traces: &DeltaTable, file: &SourceFile) -> Result<bool, LoadError> {
+    let Ok(snapshot) = traces.snapshot() else {
+        return Ok(false);
+    };
+    let version = snapshot
+        .transaction_version(traces.log_store().as_ref(), file.identity())
+        .await
+        .map_err(delta_err(Table::Traces))?;
+    Ok(version.is_some())
+}
+
+/// Contact ids already stored for days in `days` (sorted), with their day.
+pub async fn stored_contact_ids(
+    ctx: &SessionContext,
+    warehouse: &Warehouse,
+    days: &[i32],
+) -> Result<HashSet<(i32, String)>, LoadError> {
+    let (Some(first), Some(last)) = (days.first(), days.last()) else {
+        return Ok(HashSet::new());
+    };
+    let session = SessionContext::new_with_state(ctx.state());
+    warehouse.register(&session, "traces", Table::Traces).await?;
+    let sql = format!(
+        "SELECT day, contact_id FROM traces WHERE day BETWEEN to_date('{}') AND to_date('{}')",
+        date_string(*first),
+        date_string(*last)
+    );
+    let batches = session.sql(&sql).await?.collect().await?;
+    let mut ids = HashSet::new();
+    for b in batches {
+        let b = cast_strings(&b)?;
+        let day = b.column(0).as_primitive::<Date32Type>();
+        let id = b.column(1).as_string::<i32>();
+        for i in 0..b.num_rows() {
+            ids.insert((day.value(i), id.value(i).to_string()));
+        }
+    }
+    Ok(ids)
+}
+
+/// Cast string-view columns (as DataFusion reads them) to plain strings.
+fn cast_strings(batch: &RecordBatch) -> Result<RecordBatch, LoadError> {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        if matches!(f.data_type(), DataType::Utf8View | DataType::LargeUtf8 | DataType::Dictionary(..)) {
+            columns.push(datafusion::arrow::compute::cast(c, &DataType::Utf8)?);
+            fields.push(Field::new(f.name(), DataType::Utf8, f.is_nullable()));
+        } else {
+            columns.push(c.clone());
+            fields.push(f.as_ref().clone());
+        }
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+}
+
+fn date_string(days: i32) -> String {
+    chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163)
+        .map(|d| d.to_string())
+        .unwrap_or_default()
+}
+
+/// Commit the new rows of a load, sorted by (day, channel, declaration), in one commit
+/// that also records the sources as loaded. Returns the new `traces` version.
+pub async fn commit_traces(
+    _warehouse: &Warehouse,
+    traces: DeltaTable,
+    batches: Vec<RecordBatch>,
+    sources: &[SourceFile],
+    record: &mut LoadRecord,
+) -> Result<i64, LoadError> {
+    let schema = traces_schema();
+    let mut data = Vec::new();
+    if !batches.is_empty() {
+        let all = concat_batches(&schema, &batches)?;
+        drop(batches);
+        let keys = ["day", "channel", "declaration"]
+            .iter()
+            .map(|c| SortColumn { values: all.column_by_name(c).expect("sort column").clone(), options: None })
+            .collect::<Vec<_>>();
+        let order = lexsort_to_indices(&keys, None)?;
+        data.push(take_record_batch(&all, &order)?);
+    }
+    let metadata = serde_json::to_value(&*record).expect("load record serialises");
+    let commit = CommitProperties::default()
+        .with_metadata([(LOAD_METADATA_KEY.to_string(), metadata)])
+        .with_application_transactions(sources.iter().map(|s| Transaction::new(s.identity(), 1)).collect());
+    let table = traces
+        .write(data)
+        .with_save_mode(SaveMode::Append)
+        .with_partition_columns(["day"])
+        .with_writer_properties(writer_properties())
+        .with_commit_properties(commit)
+        .await
+        .map_err(delta_err(Table::Traces))?;
+    Ok(table.version().unwrap_or_default() as i64)
+}
+
+/// Store rejected rows in `rejects`, tagged with the load id.
+pub async fn write_rejects(warehouse: &Warehouse, load_id: &str, rows: &[SourceRowError]) -> Result<(), LoadError> {
+    let n = rows.len();
+    let now = chrono::Utc::now().timestamp_micros();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![load_id; n])),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.source_url.as_str()))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.error.row as i64))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.error.column.as_deref()))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.error.value.as_deref()))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.error.reason.as_str()))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.error.record.as_str()))),
+        Arc::new(TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC")),
+    ];
+    let batch = RecordBatch::try_new(rejects_schema(), columns)?;
+    let table = warehouse.table(Table::Rejects).await?;
+    table
+        .write(vec![batch])
+        .with_save_mode(SaveMode::Append)
+        .await
+        .map_err(delta_err(Table::Rejects))?;
+    Ok(())
+}
+
+fn loads_batch(records: &[LoadRecord]) -> Result<RecordBatch, LoadError> {
+    let ts = |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef;
+    let int = |f: fn(&LoadRecord) -> u64| {
+        Arc::new(Int64Array::from_iter_values(records.iter().map(|r| f(r) as i64))) as ArrayRef
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.load_id.as_str()))),
+        ts(records.iter().map(|r| r.started_at).collect()),
+        ts(records.iter().map(|r| r.finished_at).collect()),
+        Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.status.as_str()))),
+        Arc::new(StringArray::from_iter_values(
+            records.iter().map(|r| serde_json::to_string(&r.sources).expect("strings serialise")),
+        )),
+        int(|r| r.files),
+        int(|r| r.files_skipped),
+        int(|r| r.bytes),
+        int(|r| r.rows_read),
+        int(|r| r.rows_loaded),
+        int(|r| r.rows_duplicate),
+        int(|r| r.rows_rejected),
+        Arc::new(Int64Array::from_iter(records.iter().map(|r| r.traces_version))),
+        Arc::new(StringArray::from_iter(records.iter().map(|r| r.message.as_deref()))),
+    ];
+    Ok(RecordBatch::try_new(loads_schema(), columns)?)
+}
+
+/// Append `record` to `tracecube.loads`.
+pub async fn record_load(warehouse: &Warehouse, record: &LoadRecord) -> Result<(), LoadError> {
+    append_loads(warehouse, std::slice::from_ref(record)).await
+}
+
+async fn append_loads(warehouse: &Warehouse, records: &[LoadRecord]) -> Result<(), LoadError> {
+    let table = warehouse.table(Table::Loads).await?;
+    table
+        .write(vec![loads_batch(records)?])
+        .with_save_mode(SaveMode::Append)
+        .await
+        .map_err(delta_err(Table::Loads))?;
+    Ok(())
+}
+
+/// Record in `tracecube.loads` any committed load whose process stopped before it could
+/// log itself: its record travels in the `traces` commit metadata.
+pub async fn reconcile_loads(warehouse: &Warehouse, ctx: &SessionContext) -> Result<(), LoadError> {
+    let traces = warehouse.table(Table::Traces).await?;
+    let Some(latest) = traces.version() else {
+        return Ok(());
+    };
+    let infos: Vec<_> = traces.history(Some(50)).try_collect().await.map_err(delta_err(Table::Traces))?;
+    let session = SessionContext::new_with_state(ctx.state());
+    warehouse.register(&session, "loads", Table::Loads).await?;
+    let known: HashSet<String> = session
+        .sql("SELECT load_id FROM loads WHERE status = 'committed'")
+        .await?
+        .collect()
+        .await?
+        .iter()
+        .map(cast_strings)
+        .collect::<Result<Vec<_>, _>>()?
+        .iter()
+        .flat_map(|b| {
+            let a = b.column(0).as_string::<i32>();
+            (0..a.len()).map(|i| a.value(i).to_string()).collect::<Vec<_>>()
+        })
+        .collect();
+    let mut missing = Vec::new();
+    for (age, info) in infos.iter().enumerate() {
+        let Some(value) = info.info.get(LOAD_METADATA_KEY) else {
+            continue;
+        };
+        let Ok(mut record) = serde_json::from_value::<LoadRecord>(value.clone()) else {
+            continue;
+        };
+        if known.contains(&record.load_id) {
+            break;
+        }
+        record.traces_version = Some(latest as i64 - age as i64);
+        record.finished_at = info.timestamp.map_or(record.finished_at, |ms| ms * 1000);
+        record.message = Some("recorded after the loading process stopped before logging it".into());
+        missing.push(record);
+    }
+    if !missing.is_empty() {
+        tracing::info!("recording {} committed load(s) missing from tracecube.loads", missing.len());
+        missing.reverse();
+        append_loads(warehouse, &missing).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,367 @@
+//! Loading traces (SPEC §4): sources are read, validated, derived, de-duplicated and
+//! committed to `traces` in one Delta commit, with rejected rows quarantined and every
+//! load recorded in `tracecube.loads`.
+
+mod commit;
+pub mod derive;
+pub mod source;
+pub mod validate;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::Date32Type;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::warehouse::{Warehouse, WarehouseError};
+use derive::Deriver;
+use source::Format;
+use validate::{RowError, Validator};
+
+/// How many row errors a failed load lists before summarising the rest.
+pub const MAX_LISTED_ERRORS: usize = 20;
+
+/// What to do with bad rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// Any bad row fails the whole load (the default).
+    #[default]
+    Fail,
+    /// Load the good rows; store each bad row in `rejects`.
+    Quarantine,
+}
+
+impl OnError {
+    /// Parse `fail` or `quarantine`.
+    pub fn parse(s: &str) -> Option<OnError> {
+        match s.to_ascii_lowercase().as_str() {
+            "fail" | "abort" => Some(OnError::Fail),
+            "quarantine" => Some(OnError::Quarantine),
+            _ => None,
+        }
+    }
+}
+
+/// Options of one load.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Format of every source, instead of guessing from extensions.
+    pub format: Option<Format>,
+    pub on_error: OnError,
+    /// Show a progress bar on the terminal.
+    pub progress: bool,
+}
+
+/// A bad row and the file it came from.
+#[derive(Debug, Clone)]
+pub struct SourceRowError {
+    pub source_url: String,
+    pub error: RowError,
+}
+
+impl std::fmt::Display for SourceRowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let e = &self.error;
+        write!(f, "{} row {}", self.source_url, e.row)?;
+        if let Some(c) = &e.column {
+            write!(f, " column {c}")?;
+        }
+        match &e.value {
+            Some(v) => write!(f, " value {v:?}: {}", e.reason),
+            None => write!(f, ": {}", e.reason),
+        }
+    }
+}
+
+/// Why a load failed. Nothing of a failed load is visible in `traces`.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("invalid source URL {url}: {message}")]
+    BadUrl { url: String, message: String },
+    #[error("no files found at {url}")]
+    NoFiles { url: String },
+    #[error("cannot tell the format of {url}: name it with --format parquet|csv|ndjson (SQL: WITH (FORMAT …))")]
+    UnknownFormat { url: String },
+    #[error("cannot read {source_url}: {message}")]
+    Read { source_url: String, message: String },
+    #[error("{source_url} lacks required column(s) {}", columns.join(", "))]
+    MissingColumns { source_url: String, columns: Vec<String> },
+    #[error("{} bad row(s); the load was aborted and nothing was written (use --on-error quarantine to load the good rows):\n{}", count, listed(errors, *count))]
+    BadRows { count: u64, errors: Vec<SourceRowError> },
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("query on the warehouse failed: {0}")]
+    Query(#[from] datafusion::error::DataFusionError),
+}
+
+fn listed(errors: &[SourceRowError], count: u64) -> String {
+    let mut s: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+    if count > errors.len() as u64 {
+        s.push(format!("  … and {} more", count - errors.len() as u64));
+    }
+    s.join("\n")
+}
+
+/// Outcome of a load, as recorded in `tracecube.loads`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoadRecord {
+    pub load_id: String,
+    /// Microseconds since the epoch.
+    pub started_at: i64,
+    pub finished_at: i64,
+    /// `committed`, `no-op` (every source already loaded) or `failed`.
+    pub status: String,
+    pub sources: Vec<String>,
+    pub files: u64,
+    /// Sources skipped because they were already loaded.
+    pub files_skipped: u64,
+    pub bytes: u64,
+    pub rows_read: u64,
+    pub rows_loaded: u64,
+    pub rows_duplicate: u64,
+    pub rows_rejected: u64,
+    pub traces_version: Option<i64>,
+    pub message: Option<String>,
+}
+
+impl LoadRecord {
+    /// Wall-clock time the load took.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_micros((self.finished_at - self.started_at).max(0) as u64)
+    }
+
+    /// The one-line summary printed at the end of a load.
+    pub fn summary_line(&self) -> String {
+        let secs = self.elapsed().as_secs_f64();
+        match self.status.as_str() {
+            "no-op" => format!(
+                "no-op: all {} source file(s) were already loaded; nothing changed",
+                self.files_skipped
+            ),
+            _ => format!(
+                "{}: {} rows loaded, {} duplicates skipped, {} rejected, from {} file(s) ({} already loaded), {:.1} MB in {:.2} s ({:.0} rows/s); traces version {}",
+                self.status,
+                self.rows_loaded,
+                self.rows_duplicate,
+                self.rows_rejected,
+                self.files,
+                self.files_skipped,
+                self.bytes as f64 / 1e6,
+                secs,
+                self.rows_read as f64 / secs.max(1e-9),
+                self.traces_version.map_or("-".to_string(), |v| v.to_string()),
+            ),
+        }
+    }
+}
+
+fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Loads sources into a warehouse.
+pub struct Loader<'a> {
+    warehouse: &'a Warehouse,
+    /// A session used to resolve URLs and query the warehouse.
+    ctx: SessionContext,
+}
+
+impl<'a> Loader<'a> {
+    /// A loader for `warehouse`.
+    pub fn new(warehouse: &'a Warehouse) -> Self {
+        Loader { warehouse, ctx: SessionContext::new() }
+    }
+
+    /// Load `urls` atomically: all their new rows are committed in one Delta commit, or
+    /// none. A failed load is recorded in `tracecube.loads` with its error.
+    pub async fn load(&self, urls: &[String], options: &LoadOptions) -> Result<LoadRecord, LoadError> {
+        let started_at = now_micros();
+        let load_id = uuid::Uuid::now_v7().to_string();
+        commit::reconcile_loads(self.warehouse, &self.ctx).await?;
+        let result = self.run(&load_id, started_at, urls, options).await;
+        if let Err(e) = &result {
+            let record = LoadRecord {
+                load_id,
+                started_at,
+                finished_at: now_micros(),
+                status: "failed".into(),
+                sources: urls.to_vec(),
+                files: 0,
+                files_skipped: 0,
+                bytes: 0,
+                rows_read: 0,
+                rows_loaded: 0,
+                rows_duplicate: 0,
+                rows_rejected: 0,
+                traces_version: None,
+                message: Some(e.to_string()),
+            };
+            if let Err(log_error) = commit::record_load(self.warehouse, &record).await {
+                tracing::warn!("could not record failed load {}: {log_error}", record.load_id);
+            }
+        }
+        result
+    }
+
+    async fn run(
+        &self,
+        load_id: &str,
+        started_at: i64,
+        urls: &[String],
+        options: &LoadOptions,
+    ) -> Result<LoadRecord, LoadError> {
+        let files = source::resolve(&self.ctx, urls, options.format).await?;
+        let traces = self.warehouse.table(crate::warehouse::Table::Traces).await?;
+        let mut fresh = Vec::new();
+        let mut skipped = 0u64;
+        for f in files {
+            if commit::source_already_loaded(&traces, &f).await? {
+                tracing::info!("{} was already loaded (same URL, size and ETag): skipped", f.url);
+                skipped += 1;
+            } else {
+                fresh.push(f);
+            }
+        }
+        let mut record = LoadRecord {
+            load_id: load_id.to_string(),
+            started_at,
+            finished_at: started_at,
+            status: "no-op".into(),
+            sources: fresh.iter().map(|f| f.url.clone()).collect(),
+            files: fresh.len() as u64,
+            files_skipped: skipped,
+            bytes: fresh.iter().map(|f| f.meta.size).sum(),
+            rows_read: 0,
+            rows_loaded: 0,
+            rows_duplicate: 0,
+            rows_rejected: 0,
+            traces_version: traces.version().map(|v| v as i64),
+            message: None,
+        };
+        if fresh.is_empty() {
+            record.finished_at = now_micros();
+            commit::record_load(self.warehouse, &record).await?;
+            return Ok(record);
+        }
+
+        let bar = progress_bar(options.progress, record.bytes);
+        let mut deriver = Deriver::new(self.warehouse.config()).map_err(WarehouseError::from)?;
+        let mut batches = Vec::new();
+        let mut rejected: Vec<SourceRowError> = Vec::new();
+        let started = Instant::now();
+        for file in &fresh {
+            let (schema, mut stream) = file.read().await?;
+            let validator = Validator::new(&file.url);
+            let (missing, extra) = validator.check_columns(&schema);
+            if !missing.is_empty() {
+                return Err(LoadError::MissingColumns { source_url: file.url.clone(), columns: missing });
+            }
+            if !extra.is_empty() {
+                tracing::warn!("{}: ignoring column(s) that are not trace columns: {}", file.url, extra.join(", "));
+            }
+            let mut next_row = 1u64;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                let validated = validator.validate(&batch, next_row);
+                next_row += batch.num_rows() as u64;
+                record.rows_read += batch.num_rows() as u64;
+                rejected.extend(
+                    validated
+                        .rejected
+                        .into_iter()
+                        .map(|error| SourceRowError { source_url: file.url.clone(), error }),
+                );
+                // A failing load keeps reading to count bad rows but holds no good ones.
+                let failing = options.on_error == OnError::Fail && !rejected.is_empty();
+                if failing {
+                    batches.clear();
+                } else if validated.good.num_rows() > 0 {
+                    batches.push(deriver.derive(&validated.good));
+                }
+                bar.set_message(format!(
+                    "{} rows, {:.0} rows/s",
+                    record.rows_read,
+                    record.rows_read as f64 / started.elapsed().as_secs_f64().max(1e-9)
+                ));
+            }
+            bar.inc(file.meta.size);
+        }
+        record.rows_rejected = rejected.len() as u64;
+        if options.on_error == OnError::Fail && !rejected.is_empty() {
+            bar.abandon_with_message("aborted: bad rows");
+            let count = rejected.len() as u64;
+            rejected.truncate(MAX_LISTED_ERRORS);
+            return Err(LoadError::BadRows { count, errors: rejected });
+        }
+
+        bar.set_message("checking for contacts already stored");
+        let (batches, duplicates) = drop_duplicates(&self.ctx, self.warehouse, batches).await?;
+        record.rows_duplicate = duplicates;
+        record.rows_loaded = batches.iter().map(|b| b.num_rows() as u64).sum();
+        record.status = "committed".into();
+        bar.set_message(format!("writing {} rows", record.rows_loaded));
+        if !rejected.is_empty() {
+            commit::write_rejects(self.warehouse, load_id, &rejected).await?;
+        }
+        let version = commit::commit_traces(self.warehouse, traces, batches, &fresh, &mut record).await?;
+        record.traces_version = Some(version);
+        record.finished_at = now_micros();
+        commit::record_load(self.warehouse, &record).await?;
+        bar.finish_and_clear();
+        Ok(record)
+    }
+}
+
+fn progress_bar(show: bool, bytes: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(bytes);
+    bar.set_style(
+        ProgressStyle::with_template("loading {bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+/// Drop rows whose (`contact_id`, `day`) is already stored, or appeared earlier in this
+/// load. Returns the remaining batches and how many rows were dropped.
+async fn drop_duplicates(
+    ctx: &SessionContext,
+    warehouse: &Warehouse,
+    batches: Vec<RecordBatch>,
+) -> Result<(Vec<RecordBatch>, u64), LoadError> {
+    let mut days: Vec<i32> = batches
+        .iter()
+        .flat_map(|b| b.column_by_name("day").expect("day").as_primitive::<Date32Type>().values().to_vec())
+        .collect::<HashSet<i32>>()
+        .into_iter()
+        .collect();
+    days.sort_unstable();
+    let mut seen: HashSet<(i32, String)> = commit::stored_contact_ids(ctx, warehouse, &days).await?;
+    let mut dropped = 0u64;
+    let mut out = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let ids = batch.column_by_name("contact_id").expect("contact_id").as_string::<i32>();
+        let day = batch.column_by_name("day").expect("day").as_primitive::<Date32Type>();
+        let keep: BooleanArray = (0..batch.num_rows())
+            .map(|i| Some(seen.insert((day.value(i), ids.value(i).to_string()))))
+            .collect();
+        let kept = keep.true_count();
+        dropped += (batch.num_rows() - kept) as u64;
+        if kept == batch.num_rows() {
+            out.push(batch);
+        } else if kept > 0 {
+            out.push(filter_record_batch(&batch, &keep)?);
+        }
+        debug_assert!(keep.null_count() == 0);
+    }
+    Ok((out, dropped))
+}

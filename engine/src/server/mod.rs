@@ -1,0 +1,150 @@
+//! The PostgreSQL server: `datafusion-postgres`'s query handlers over a Tracecube session,
+//! with Tracecube's own listener (free ports for tests, graceful shutdown) and start-up
+//! check (with no users configured: loopback clients as user `tracecube` only).
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::prelude::SessionContext;
+use datafusion_postgres::DfSessionService;
+use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
+use datafusion_postgres::pgwire::api::auth::StartupHandler;
+use datafusion_postgres::pgwire::api::cancel::DefaultCancelHandler;
+use datafusion_postgres::pgwire::api::{ClientInfo, ConnectionManager, PgWireServerHandlers};
+use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use datafusion_postgres::pgwire::tokio::process_socket;
+use futures::Sink;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// The user every loopback client connects as when no users are configured.
+pub const DEFAULT_USER: &str = "tracecube";
+
+/// Accepts the start-up of loopback clients connecting as [`DEFAULT_USER`].
+struct LoopbackOnly {
+    connections: Arc<ConnectionManager>,
+}
+
+impl NoopStartupHandler for LoopbackOnly {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(self.connections.clone())
+    }
+}
+
+/// Refuses a start-up that is not from loopback as `tracecube`, before authentication ends.
+struct StartupCheck {
+    inner: LoopbackOnly,
+}
+
+fn fatal(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new("FATAL".into(), code.into(), message)))
+}
+
+#[async_trait]
+impl StartupHandler for StartupCheck {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let PgWireFrontendMessage::Startup(startup) = &message {
+            if !client.socket_addr().ip().is_loopback() {
+                return Err(fatal(
+                    "28000",
+                    format!(
+                        "connection from {} refused: with no users configured only loopback clients are accepted",
+                        client.socket_addr().ip()
+                    ),
+                ));
+            }
+            let user = startup.parameters.get("user").map(String::as_str).unwrap_or("");
+            if user != DEFAULT_USER {
+                return Err(fatal(
+                    "28000",
+                    format!("role \"{user}\" does not exist: with no users configured, connect as \"{DEFAULT_USER}\""),
+                ));
+            }
+        }
+        self.inner.on_startup(client, message).await
+    }
+}
+
+struct Handlers {
+    session: Arc<DfSessionService>,
+    startup: Arc<StartupCheck>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl datafusion_postgres::pgwire::api::query::SimpleQueryHandler> {
+        self.session.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl datafusion_postgres::pgwire::api::query::ExtendedQueryHandler> {
+        self.session.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.startup.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl datafusion_postgres::pgwire::api::cancel::CancelHandler> {
+        self.cancel.clone()
+    }
+}
+
+/// A bound PostgreSQL server, not yet accepting.
+pub struct Server {
+    listener: TcpListener,
+    handlers: Arc<Handlers>,
+}
+
+impl Server {
+    /// Bind `addr` (port 0 picks a free port) to serve `ctx`.
+    pub async fn bind(ctx: SessionContext, addr: SocketAddr) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(addr).await?;
+        let connections = Arc::new(ConnectionManager::new());
+        let handlers = Arc::new(Handlers {
+            session: Arc::new(DfSessionService::new(Arc::new(ctx))),
+            startup: Arc::new(StartupCheck { inner: LoopbackOnly { connections: connections.clone() } }),
+            cancel: Arc::new(DefaultCancelHandler::new(connections)),
+        });
+        Ok(Server { listener, handlers })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accept clients until `shutdown` completes, then stop accepting and end the sessions.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let mut sessions = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((socket, peer)) => {
+                        let handlers = self.handlers.clone();
+                        sessions.spawn(async move {
+                            if let Err(e) = process_socket(socket, None, handlers).await {
+                                tracing::debug!("session from {peer} ended with an error: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => tracing::warn!("accept failed: {e}"),
+                },
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        tracing::info!("shutting down: closing {} session(s)", sessions.len());
+        sessions.shutdown().await;
+        Ok(())
+    }
+}

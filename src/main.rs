@@ -1,0 +1,140 @@
+//! `tracecube`: serve a warehouse over the PostgreSQL protocol, load traces, generate data.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracecube_datasets::GenOptions;
+use tracecube_engine::Config;
+use tracecube_engine::load::source::Format;
+use tracecube_engine::load::{LoadOptions, OnError};
+
+#[derive(Parser)]
+#[command(name = "tracecube", version, about = "Metrics engine for customer-contact traces")]
+struct Cli {
+    /// Configuration file (default: ./tracecube.toml when present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Warehouse location (overrides the configuration): a path, file://… or s3://…
+    #[arg(long, global = true)]
+    warehouse: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the warehouse to PostgreSQL clients (generating the demo data set when empty).
+    Serve {
+        /// Listen address (default 127.0.0.1:5433).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Do not generate the demo data set into an empty warehouse.
+        #[arg(long)]
+        no_demo: bool,
+    },
+    /// Load trace files (Parquet, CSV, NDJSON; paths, file://, s3://, globs).
+    Load {
+        #[arg(required = true)]
+        urls: Vec<String>,
+        /// Format of every source (default: from each file's extension).
+        #[arg(long)]
+        format: Option<String>,
+        /// `fail` (default): any bad row fails the load; `quarantine`: bad rows go to `rejects`.
+        #[arg(long, default_value = "fail")]
+        on_error: String,
+    },
+    /// Generate a synthetic trace set as Parquet files.
+    Gen {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// First day of the period (YYYY-MM-DD).
+        #[arg(long)]
+        start: Option<chrono::NaiveDate>,
+        /// Length of the period in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,datafusion_postgres=warn,pgwire=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(w) = cli.warehouse {
+        config.warehouse = w;
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Serve { listen, no_demo } => {
+            if let Some(l) = listen {
+                config.listen = l;
+            }
+            config.demo &= !no_demo;
+            config.validate()?;
+            runtime
+                .block_on(tracecube_engine::app::serve(config, shutdown_signal()))
+                .map_err(|e| anyhow::anyhow!(e))?;
+        }
+        Command::Load { urls, format, on_error } => {
+            let format = format
+                .map(|f| Format::parse(&f).with_context(|| format!("unknown format {f:?}: use parquet, csv or ndjson")))
+                .transpose()?;
+            let on_error = OnError::parse(&on_error)
+                .with_context(|| format!("unknown --on-error {on_error:?}: use fail or quarantine"))?;
+            let options = LoadOptions { format, on_error, progress: true };
+            let record = runtime
+                .block_on(tracecube_engine::app::load(config, &urls, &options))
+                .map_err(|e| anyhow::anyhow!("load failed: {e}"))?;
+            println!("{}", record.summary_line());
+        }
+        Command::Gen { rows, seed, out, start, days } => {
+            let mut opts = GenOptions { rows, seed, days, ..Default::default() };
+            if let Some(s) = start {
+                opts.start = s;
+            }
+            let summary = tracecube_datasets::write_parquet(&opts, &out, true)?;
+            println!(
+                "generated {} traces in {} file(s), {:.1} MB, in {:.2} s ({:.0} rows/s) under {}",
+                summary.rows,
+                summary.files.len(),
+                summary.bytes as f64 / 1e6,
+                summary.elapsed.as_secs_f64(),
+                summary.rows_per_second(),
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("stop requested");
+}

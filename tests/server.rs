@@ -1,0 +1,152 @@
+//! End-to-end: the real server on a free loopback port, queried with tokio-postgres over
+//! the simple and the extended protocol.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{TestServer, TestWarehouse, generated_channel_counts};
+use tokio_postgres::SimpleQueryMessage;
+
+const ROWS: u64 = 20_000;
+const SEED: u64 = 7;
+
+async fn loaded_server() -> (TestWarehouse, TestServer) {
+    let wh = TestWarehouse::new().await;
+    let src = wh.generate("src", ROWS, SEED);
+    wh.load(&[&src], Default::default()).await.unwrap();
+    let server = TestServer::start(wh.config()).await;
+    (wh, server)
+}
+
+fn simple_rows(messages: Vec<SimpleQueryMessage>) -> Vec<Vec<String>> {
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).unwrap_or("").to_string()).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_per_channel_equal_the_generators_over_both_protocols() {
+    let (_wh, server) = loaded_server().await;
+    let client = server.connect().await;
+    let expected = generated_channel_counts(ROWS, SEED);
+
+    let simple = simple_rows(client.simple_query("SELECT channel, count(*) FROM traces GROUP BY 1 ORDER BY 1").await.unwrap());
+    let simple: BTreeMap<String, i64> = simple.into_iter().map(|r| (r[0].clone(), r[1].parse().unwrap())).collect();
+    assert_eq!(simple, expected);
+
+    let extended: BTreeMap<String, i64> = client
+        .query("SELECT channel, count(*) AS n FROM traces WHERE channel <> $1 GROUP BY channel", &[&"nothing"])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+        .collect();
+    assert_eq!(extended, expected);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_level_drilldown_sums_back_to_each_parent() {
+    let (_wh, server) = loaded_server().await;
+    let client = server.connect().await;
+    let rows = client
+        .query(
+            "SELECT split_part(declaration, '/', 1) AS l1, split_part(declaration, '/', 2) AS l2, \
+                    declaration AS l3, count(*) AS n \
+             FROM traces GROUP BY 1, 2, 3",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut l1: BTreeMap<String, i64> = BTreeMap::new();
+    let mut l2: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for r in &rows {
+        let (a, b, n) = (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, i64>(3));
+        *l1.entry(a.clone()).or_default() += n;
+        *l2.entry((a, b)).or_default() += n;
+    }
+    let level1 = client
+        .query("SELECT split_part(declaration, '/', 1), count(*) FROM traces GROUP BY 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(level1.len(), l1.len());
+    for r in &level1 {
+        let parent: String = r.get(0);
+        assert_eq!(r.get::<_, i64>(1), l1[&parent], "level 1 {parent}");
+        let children: i64 = l2.iter().filter(|((a, _), _)| *a == parent).map(|(_, n)| n).sum();
+        assert_eq!(children, l1[&parent], "level 2 under {parent}");
+    }
+    let level2 = client
+        .query(
+            "SELECT split_part(declaration, '/', 1), split_part(declaration, '/', 2), count(*) FROM traces GROUP BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    for r in &level2 {
+        let key = (r.get::<_, String>(0), r.get::<_, String>(1));
+        assert_eq!(r.get::<_, i64>(2), l2[&key], "level 2 {key:?} sums its leaves");
+    }
+    let total: i64 = l1.values().sum();
+    assert_eq!(total, ROWS as i64);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_catalog_queries_list_traces_and_its_columns() {
+    let (_wh, server) = loaded_server().await;
+    let client = server.connect().await;
+    // What psql sends for \dt.
+    let dt = simple_rows(
+        client
+            .simple_query(
+                "SELECT n.nspname as \"Schema\", c.relname as \"Name\", \
+                 CASE c.relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' END as \"Type\" \
+                 FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r','p','v','') AND n.nspname <> 'pg_catalog' \
+                 AND n.nspname !~ '^pg_toast' AND n.nspname <> 'information_schema' \
+                 AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 1,2;",
+            )
+            .await
+            .unwrap(),
+    );
+    assert!(dt.iter().any(|r| r[1] == "traces"), "{dt:?}");
+    let columns: Vec<String> = client
+        .query(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'traces' ORDER BY ordinal_position",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for c in ["contact_id", "declaration", "life_stage", "tenure_year", "day", "minute", "pain", "effort"] {
+        assert!(columns.iter().any(|x| x == c), "{c} missing from {columns:?}");
+    }
+    let loads = client.query("SELECT status, rows_loaded FROM tracecube.loads", &[]).await.unwrap();
+    assert_eq!(loads.len(), 1);
+    assert_eq!(loads[0].get::<_, i64>(1), ROWS as i64);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_tracecube_user_may_connect_without_configured_users() {
+    let wh = TestWarehouse::new().await;
+    let server = TestServer::start(wh.config()).await;
+    let err = server.connect_as("postgres").await.err().expect("refused");
+    let db = err.as_db_error().expect("a PostgreSQL error");
+    assert_eq!(db.code().code(), "28000");
+    assert!(db.message().contains("tracecube"), "{}", db.message());
+    let client = server.connect().await;
+    let rows = client.query("SELECT count(*) FROM traces", &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i64>(0), 0);
+    server.stop().await;
+}

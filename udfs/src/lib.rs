@@ -1,0 +1,1 @@
+//! Tracecube SQL functions (paths, KPIs, impact): pure functions over Arrow arrays, no I/O.
