@@ -10,7 +10,11 @@ use tracecube_engine::load::source::Format;
 use tracecube_engine::load::{LoadOptions, OnError};
 
 #[derive(Parser)]
-#[command(name = "tracecube", version, about = "Metrics engine for customer-contact traces")]
+#[command(
+    name = "tracecube",
+    version,
+    about = "Metrics engine for customer-contact traces"
+)]
 struct Cli {
     /// Configuration file (default: ./tracecube.toml when present).
     #[arg(long, global = true)]
@@ -87,20 +91,44 @@ fn main() -> anyhow::Result<()> {
                 .block_on(tracecube_engine::app::serve(config, shutdown_signal()))
                 .map_err(|e| anyhow::anyhow!(e))?;
         }
-        Command::Load { urls, format, on_error } => {
+        Command::Load {
+            urls,
+            format,
+            on_error,
+        } => {
             let format = format
-                .map(|f| Format::parse(&f).with_context(|| format!("unknown format {f:?}: use parquet, csv or ndjson")))
+                .map(|f| {
+                    Format::parse(&f).with_context(|| {
+                        format!("unknown format {f:?}: use parquet, csv or ndjson")
+                    })
+                })
                 .transpose()?;
-            let on_error = OnError::parse(&on_error)
-                .with_context(|| format!("unknown --on-error {on_error:?}: use fail or quarantine"))?;
-            let options = LoadOptions { format, on_error, progress: true };
+            let on_error = OnError::parse(&on_error).with_context(|| {
+                format!("unknown --on-error {on_error:?}: use fail or quarantine")
+            })?;
+            let options = LoadOptions {
+                format,
+                on_error,
+                progress: true,
+            };
             let record = runtime
                 .block_on(tracecube_engine::app::load(config, &urls, &options))
                 .map_err(|e| anyhow::anyhow!("load failed: {e}"))?;
             println!("{}", record.summary_line());
         }
-        Command::Gen { rows, seed, out, start, days } => {
-            let mut opts = GenOptions { rows, seed, days, ..Default::default() };
+        Command::Gen {
+            rows,
+            seed,
+            out,
+            start,
+            days,
+        } => {
+            let mut opts = GenOptions {
+                rows,
+                seed,
+                days,
+                ..Default::default()
+            };
             if let Some(s) = start {
                 opts.start = s;
             }
@@ -126,7 +154,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

@@ -45,15 +45,31 @@ async fn bad_row_fails_whole_load_and_names_file_row_column_value() {
         ],
     );
     let err = wh.load(&[&bad], LoadOptions::default()).await.unwrap_err();
-    let LoadError::BadRows { count, .. } = &err else { panic!("unexpected error {err}") };
+    let LoadError::BadRows { count, .. } = &err else {
+        panic!("unexpected error {err}")
+    };
     assert_eq!(*count, 3);
     let text = err.to_string();
-    assert!(text.contains("bad.csv row 2 column declaration value \"Returns//Refund\""), "{text}");
-    assert!(text.contains("bad.csv row 3 column ts value \"not-a-time\""), "{text}");
-    assert!(text.contains("row 4 column csat value \"7\": must be between 1 and 5"), "{text}");
+    assert!(
+        text.contains("bad.csv row 2 column declaration value \"Returns//Refund\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("bad.csv row 3 column ts value \"not-a-time\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("row 4 column csat value \"7\": must be between 1 and 5"),
+        "{text}"
+    );
     assert_eq!(wh.count("traces").await, 3, "a failed load writes nothing");
-    let status = wh.query("SELECT status FROM tracecube.loads ORDER BY started_at").await;
-    assert_eq!(status, vec![vec!["committed".to_string()], vec!["failed".to_string()]]);
+    let status = wh
+        .query("SELECT status FROM tracecube.loads ORDER BY started_at")
+        .await;
+    assert_eq!(
+        status,
+        vec![vec!["committed".to_string()], vec!["failed".to_string()]]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +80,19 @@ async fn values_are_canonicalised_and_derived_columns_computed() {
     let rows = wh
         .query("SELECT contact_id, channel, declaration, day, hour, weekday, cost, pain, abandoned FROM traces ORDER BY contact_id")
         .await;
-    assert_eq!(rows[1][1..], ["chat", "Delivery/Tracking", "2026-03-02", "10", "1", "0.0", "1.5", "false"]);
+    assert_eq!(
+        rows[1][1..],
+        [
+            "chat",
+            "Delivery/Tracking",
+            "2026-03-02",
+            "10",
+            "1",
+            "0.0",
+            "1.5",
+            "false"
+        ]
+    );
     assert_eq!(rows[2][1], "email");
     assert_eq!(rows[2][3..6], ["2026-03-03", "11", "2"]);
     // csat 5 ⇒ pain 1; csat 2 ⇒ pain 1.75.
@@ -76,9 +104,20 @@ async fn values_are_canonicalised_and_derived_columns_computed() {
 async fn missing_required_column_names_the_file_and_column() {
     let wh = TestWarehouse::new().await;
     let path = wh.path("nocustomer.csv");
-    std::fs::write(&path, "contact_id,ts,channel,declaration\nc1,2026-03-02T09:15:00Z,phone,A/B\n").unwrap();
-    let err = wh.load(&[&path], LoadOptions::default()).await.unwrap_err().to_string();
-    assert!(err.contains("nocustomer.csv") && err.contains("customer_id"), "{err}");
+    std::fs::write(
+        &path,
+        "contact_id,ts,channel,declaration\nc1,2026-03-02T09:15:00Z,phone,A/B\n",
+    )
+    .unwrap();
+    let err = wh
+        .load(&[&path], LoadOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nocustomer.csv") && err.contains("customer_id"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,12 +136,18 @@ async fn reload_of_same_file_is_a_no_op_and_known_contacts_are_skipped() {
     std::fs::create_dir_all(&copy).unwrap();
     for entry in std::fs::read_dir(&src).unwrap() {
         let p = entry.unwrap().path();
-        std::fs::copy(&p, copy.join(format!("copy-{}", p.file_name().unwrap().to_string_lossy()))).unwrap();
+        std::fs::copy(
+            &p,
+            copy.join(format!("copy-{}", p.file_name().unwrap().to_string_lossy())),
+        )
+        .unwrap();
     }
     let dup = wh.load(&[&copy], LoadOptions::default()).await.unwrap();
     assert_eq!((dup.rows_loaded, dup.rows_duplicate), (0, 5_000));
     assert_eq!(wh.count("traces").await, 5_000);
-    let distinct = wh.query("SELECT count(DISTINCT contact_id) FROM traces").await;
+    let distinct = wh
+        .query("SELECT count(DISTINCT contact_id) FROM traces")
+        .await;
     assert_eq!(distinct[0][0], "5000");
 }
 
@@ -115,19 +160,39 @@ async fn quarantine_loads_good_rows_and_keeps_every_bad_row() {
     rows.push("c6,,2026-03-05T09:00:00Z,phone,A/B,,,");
     let f = write_csv(&wh, "mixed.csv", &rows);
     let record = wh
-        .load(&[&f], LoadOptions { on_error: OnError::Quarantine, ..Default::default() })
+        .load(
+            &[&f],
+            LoadOptions {
+                on_error: OnError::Quarantine,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
-    assert_eq!((record.rows_read, record.rows_loaded, record.rows_rejected), (6, 3, 3));
+    assert_eq!(
+        (record.rows_read, record.rows_loaded, record.rows_rejected),
+        (6, 3, 3)
+    );
     assert_eq!(wh.count("traces").await, 3);
-    let rejects = wh.query("SELECT row, \"column\", value, reason, record FROM rejects ORDER BY row").await;
+    let rejects = wh
+        .query("SELECT row, \"column\", value, reason, record FROM rejects ORDER BY row")
+        .await;
     assert_eq!(rejects.len(), 3);
     assert_eq!(rejects[0][..3], ["4", "channel", "ph one"]);
     assert_eq!(rejects[1][..3], ["5", "csat", "0"]);
     assert_eq!(rejects[2][..2], ["6", "customer_id"]);
-    assert!(rejects[0][4].contains("\"contact_id\":\"c4\""), "{}", rejects[0][4]);
-    let loads = wh.query("SELECT rows_read, rows_loaded, rows_rejected FROM tracecube.loads").await;
-    assert_eq!(loads, vec![vec!["6".to_string(), "3".to_string(), "3".to_string()]]);
+    assert!(
+        rejects[0][4].contains("\"contact_id\":\"c4\""),
+        "{}",
+        rejects[0][4]
+    );
+    let loads = wh
+        .query("SELECT rows_read, rows_loaded, rows_rejected FROM tracecube.loads")
+        .await;
+    assert_eq!(
+        loads,
+        vec![vec!["6".to_string(), "3".to_string(), "3".to_string()]]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +214,10 @@ async fn load_killed_mid_way_leaves_the_table_as_before_or_after() {
         let _ = child.kill();
         let _ = child.wait();
         let n = wh.count("traces").await;
-        assert!(n == 2_000 || n == 302_000, "after a kill at {delay_ms} ms: {n} rows");
+        assert!(
+            n == 2_000 || n == 302_000,
+            "after a kill at {delay_ms} ms: {n} rows"
+        );
         if n == 302_000 {
             break;
         }
@@ -157,6 +225,8 @@ async fn load_killed_mid_way_leaves_the_table_as_before_or_after() {
     // Whatever happened, a complete load afterwards gives exactly the union.
     wh.load(&[&big], LoadOptions::default()).await.unwrap();
     assert_eq!(wh.count("traces").await, 302_000);
-    let distinct = wh.query("SELECT count(DISTINCT contact_id) FROM traces").await;
+    let distinct = wh
+        .query("SELECT count(DISTINCT contact_id) FROM traces")
+        .await;
     assert_eq!(distinct[0][0], "302000");
 }

@@ -23,9 +23,11 @@ fn simple_rows(messages: Vec<SimpleQueryMessage>) -> Vec<Vec<String>> {
     messages
         .into_iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).unwrap_or("").to_string()).collect())
-            }
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_string())
+                    .collect(),
+            ),
             _ => None,
         })
         .collect()
@@ -37,12 +39,23 @@ async fn counts_per_channel_equal_the_generators_over_both_protocols() {
     let client = server.connect().await;
     let expected = generated_channel_counts(ROWS, SEED);
 
-    let simple = simple_rows(client.simple_query("SELECT channel, count(*) FROM traces GROUP BY 1 ORDER BY 1").await.unwrap());
-    let simple: BTreeMap<String, i64> = simple.into_iter().map(|r| (r[0].clone(), r[1].parse().unwrap())).collect();
+    let simple = simple_rows(
+        client
+            .simple_query("SELECT channel, count(*) FROM traces GROUP BY 1 ORDER BY 1")
+            .await
+            .unwrap(),
+    );
+    let simple: BTreeMap<String, i64> = simple
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+        .collect();
     assert_eq!(simple, expected);
 
     let extended: BTreeMap<String, i64> = client
-        .query("SELECT channel, count(*) AS n FROM traces WHERE channel <> $1 GROUP BY channel", &[&"nothing"])
+        .query(
+            "SELECT channel, count(*) AS n FROM traces WHERE channel <> $1 GROUP BY channel",
+            &[&"nothing"],
+        )
         .await
         .unwrap()
         .iter()
@@ -68,19 +81,30 @@ async fn three_level_drilldown_sums_back_to_each_parent() {
     let mut l1: BTreeMap<String, i64> = BTreeMap::new();
     let mut l2: BTreeMap<(String, String), i64> = BTreeMap::new();
     for r in &rows {
-        let (a, b, n) = (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, i64>(3));
+        let (a, b, n) = (
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, i64>(3),
+        );
         *l1.entry(a.clone()).or_default() += n;
         *l2.entry((a, b)).or_default() += n;
     }
     let level1 = client
-        .query("SELECT split_part(declaration, '/', 1), count(*) FROM traces GROUP BY 1", &[])
+        .query(
+            "SELECT split_part(declaration, '/', 1), count(*) FROM traces GROUP BY 1",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(level1.len(), l1.len());
     for r in &level1 {
         let parent: String = r.get(0);
         assert_eq!(r.get::<_, i64>(1), l1[&parent], "level 1 {parent}");
-        let children: i64 = l2.iter().filter(|((a, _), _)| *a == parent).map(|(_, n)| n).sum();
+        let children: i64 = l2
+            .iter()
+            .filter(|((a, _), _)| *a == parent)
+            .map(|(_, n)| n)
+            .sum();
         assert_eq!(children, l1[&parent], "level 2 under {parent}");
     }
     let level2 = client
@@ -92,7 +116,11 @@ async fn three_level_drilldown_sums_back_to_each_parent() {
         .unwrap();
     for r in &level2 {
         let key = (r.get::<_, String>(0), r.get::<_, String>(1));
-        assert_eq!(r.get::<_, i64>(2), l2[&key], "level 2 {key:?} sums its leaves");
+        assert_eq!(
+            r.get::<_, i64>(2),
+            l2[&key],
+            "level 2 {key:?} sums its leaves"
+        );
     }
     let total: i64 = l1.values().sum();
     assert_eq!(total, ROWS as i64);
@@ -128,10 +156,25 @@ async fn psql_catalog_queries_list_traces_and_its_columns() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    for c in ["contact_id", "declaration", "life_stage", "tenure_year", "day", "minute", "pain", "effort"] {
-        assert!(columns.iter().any(|x| x == c), "{c} missing from {columns:?}");
+    for c in [
+        "contact_id",
+        "declaration",
+        "life_stage",
+        "tenure_year",
+        "day",
+        "minute",
+        "pain",
+        "effort",
+    ] {
+        assert!(
+            columns.iter().any(|x| x == c),
+            "{c} missing from {columns:?}"
+        );
     }
-    let loads = client.query("SELECT status, rows_loaded FROM tracecube.loads", &[]).await.unwrap();
+    let loads = client
+        .query("SELECT status, rows_loaded FROM tracecube.loads", &[])
+        .await
+        .unwrap();
     assert_eq!(loads.len(), 1);
     assert_eq!(loads[0].get::<_, i64>(1), ROWS as i64);
     server.stop().await;
@@ -146,7 +189,10 @@ async fn only_the_tracecube_user_may_connect_without_configured_users() {
     assert_eq!(db.code().code(), "28000");
     assert!(db.message().contains("tracecube"), "{}", db.message());
     let client = server.connect().await;
-    let rows = client.query("SELECT count(*) FROM traces", &[]).await.unwrap();
+    let rows = client
+        .query("SELECT count(*) FROM traces", &[])
+        .await
+        .unwrap();
     assert_eq!(rows[0].get::<_, i64>(0), 0);
     server.stop().await;
 }

@@ -73,10 +73,22 @@ pub struct Incident {
 }
 
 const INCIDENT_KINDS: [(&str, &[&str]); 4] = [
-    ("Carrier/Transit/Carrier delay", &["Order/Status", "Delivery/Tracking"]),
-    ("Payment risk/Payment failure/PSP outage", &["Order/Placement"]),
-    ("Carrier/Tracking/Tracking feed gap", &["Order/Status", "Delivery/Tracking"]),
-    ("Digital platform/Bug/Promo engine bug", &["Pricing & promotions/Promotion", "Order/Placement"]),
+    (
+        "Carrier/Transit/Carrier delay",
+        &["Order/Status", "Delivery/Tracking"],
+    ),
+    (
+        "Payment risk/Payment failure/PSP outage",
+        &["Order/Placement"],
+    ),
+    (
+        "Carrier/Tracking/Tracking feed gap",
+        &["Order/Status", "Delivery/Tracking"],
+    ),
+    (
+        "Digital platform/Bug/Promo engine bug",
+        &["Pricing & promotions/Promotion", "Order/Placement"],
+    ),
 ];
 
 /// The incident days of a seed's period: a few, spread over the period.
@@ -95,12 +107,12 @@ pub fn incidents(opts: &GenOptions) -> Vec<Incident> {
 
 /// Weight of each hour of the day for contacts with people and for digital channels.
 const HOURS_HUMAN: [f64; 24] = [
-    0.1, 0.05, 0.05, 0.05, 0.05, 0.1, 0.3, 1.0, 2.6, 3.6, 3.8, 3.6, 2.8, 3.0, 3.6, 3.5, 3.2,
-    2.7, 2.0, 1.4, 0.9, 0.6, 0.4, 0.2,
+    0.1, 0.05, 0.05, 0.05, 0.05, 0.1, 0.3, 1.0, 2.6, 3.6, 3.8, 3.6, 2.8, 3.0, 3.6, 3.5, 3.2, 2.7,
+    2.0, 1.4, 0.9, 0.6, 0.4, 0.2,
 ];
 const HOURS_DIGITAL: [f64; 24] = [
-    0.5, 0.3, 0.2, 0.15, 0.15, 0.2, 0.5, 1.0, 1.6, 2.0, 2.2, 2.2, 2.3, 2.2, 2.1, 2.0, 2.0,
-    2.2, 2.5, 2.8, 3.0, 2.8, 2.0, 1.0,
+    0.5, 0.3, 0.2, 0.15, 0.15, 0.2, 0.5, 1.0, 1.6, 2.0, 2.2, 2.2, 2.3, 2.2, 2.1, 2.0, 2.0, 2.2,
+    2.5, 2.8, 3.0, 2.8, 2.0, 1.0,
 ];
 /// Monday … Sunday.
 const WEEKDAYS: [f64; 7] = [1.25, 1.15, 1.1, 1.05, 1.0, 0.6, 0.35];
@@ -126,6 +138,8 @@ struct Contact {
 }
 
 struct Customer {
+    /// The channel the customer turns to first more often than others.
+    favourite: usize,
     birth: Option<i32>,
     since: Option<i32>,
     device: Option<&'static str>,
@@ -172,7 +186,10 @@ impl Generator {
             })
             .collect();
         let index_of = |leaves: &[String], leaf: &str| {
-            leaves.iter().position(|l| l == leaf).expect("incident leaf in taxonomy") as u16
+            leaves
+                .iter()
+                .position(|l| l == leaf)
+                .expect("incident leaf in taxonomy") as u16
         };
         let incident_leaves = incidents
             .iter()
@@ -187,17 +204,22 @@ impl Generator {
                 (q, ds)
             })
             .collect();
-        let lognormal = |median: f64, sigma: f64| {
-            LogNormal::new(median.ln(), sigma).expect("valid lognormal")
-        };
+        let lognormal =
+            |median: f64, sigma: f64| LogNormal::new(median.ln(), sigma).expect("valid lognormal");
         let prior_failure = index_of(
             &model.taxonomy.qualification,
             "Service handling/Prior contact failure/Previous contact unresolved",
         );
         Generator {
             prior_failure,
-            waits: model::WAIT.iter().map(|w| w.map(|(m, s)| lognormal(m, s))).collect(),
-            handles: model::HANDLE.iter().map(|&(m, s)| lognormal(m, s)).collect(),
+            waits: model::WAIT
+                .iter()
+                .map(|w| w.map(|(m, s)| lognormal(m, s)))
+                .collect(),
+            handles: model::HANDLE
+                .iter()
+                .map(|&(m, s)| lognormal(m, s))
+                .collect(),
             gap_hours: lognormal(20.0, 1.0),
             day_dist: WeightedIndex::new(&day_weights).expect("positive weights"),
             hours_human: WeightedIndex::new(HOURS_HUMAN).expect("positive weights"),
@@ -232,8 +254,9 @@ impl Generator {
             let customer = customers.len() as u32;
             customers.push(self.customer(&mut rng));
             let journeys = 1 + journeys_per_customer.sample(&mut rng) as usize;
+            let favourite = customers[customer as usize].favourite;
             for _ in 0..journeys {
-                self.journey(&mut rng, customer, &mut contacts);
+                self.journey(&mut rng, customer, favourite, &mut contacts);
             }
         }
         contacts.truncate(target);
@@ -244,7 +267,10 @@ impl Generator {
     fn customer(&self, rng: &mut Xoshiro256PlusPlus) -> Customer {
         let start = days_since_epoch(self.opts.start);
         let birth = rng.random_bool(0.88).then(|| {
-            let age = Normal::<f64>::new(43.0, 14.0).expect("valid normal").sample(rng).clamp(18.0, 85.0);
+            let age = Normal::<f64>::new(43.0, 14.0)
+                .expect("valid normal")
+                .sample(rng)
+                .clamp(18.0, 85.0);
             start - (age * 365.25) as i32 - rng.random_range(0..365)
         });
         let since = rng.random_bool(0.93).then(|| {
@@ -255,11 +281,25 @@ impl Generator {
                 start - (tenure * 365.25) as i32
             }
         });
-        let device = rng.random_bool(0.9).then(|| DEVICES[self.devices.sample(rng)]);
-        Customer { birth, since, device }
+        let device = rng
+            .random_bool(0.9)
+            .then(|| DEVICES[self.devices.sample(rng)]);
+        let favourite = self.model.first_channel_dist.sample(rng);
+        Customer {
+            favourite,
+            birth,
+            since,
+            device,
+        }
     }
 
-    fn journey(&self, rng: &mut Xoshiro256PlusPlus, customer: u32, out: &mut Vec<Contact>) {
+    fn journey(
+        &self,
+        rng: &mut Xoshiro256PlusPlus,
+        customer: u32,
+        favourite: usize,
+        out: &mut Vec<Contact>,
+    ) {
         let m = &self.model;
         let day = self.day_dist.sample(rng);
         let incident = self.day_incident[day].and_then(|i| {
@@ -269,13 +309,20 @@ impl Generator {
         let (declaration, forced_qualification) = match incident {
             Some(i) => {
                 let (q, ds) = &self.incident_leaves[i];
-                (ds[rng.random_range(0..ds.len())], rng.random_bool(0.85).then_some(*q))
+                (
+                    ds[rng.random_range(0..ds.len())],
+                    rng.random_bool(0.85).then_some(*q),
+                )
             }
             None => (m.declaration_dist.sample(rng) as u16, None),
         };
         let category = (!rng.random_bool(0.02))
             .then(|| m.category_dist[declaration as usize].sample(rng) as u8);
-        let mut channel = m.first_channel_dist.sample(rng);
+        let mut channel = if rng.random_bool(0.2) {
+            favourite
+        } else {
+            m.first_channel_dist.sample(rng)
+        };
         let end = (self.opts.days as i64) * SECONDS_PER_DAY;
         let mut t = day as i64 * SECONDS_PER_DAY + self.time_of_day(rng, channel);
         let mut previous_resolved = true;
@@ -292,7 +339,10 @@ impl Generator {
                 n == 0,
             );
             let resolved = contact.resolved;
-            out.push(Contact { seq: out.len() as u32, ..contact });
+            out.push(Contact {
+                seq: out.len() as u32,
+                ..contact
+            });
             let again = if resolved {
                 rng.random_bool(0.04)
             } else {
@@ -301,19 +351,28 @@ impl Generator {
             if !again {
                 break;
             }
-            let gap = (self.gap_hours.sample(rng) * 3600.0).min(6.5 * SECONDS_PER_DAY as f64);
-            t += 60 + gap as i64;
+            // The next contact comes some hours or days later, at a usual time of day.
+            let gap = (self.gap_hours.sample(rng) * 3600.0).min(6.0 * SECONDS_PER_DAY as f64);
+            channel = m.next_channel(channel, rng);
+            let mut next = (t + gap as i64).div_euclid(SECONDS_PER_DAY) * SECONDS_PER_DAY
+                + self.time_of_day(rng, channel);
+            if next <= t + 60 {
+                next += SECONDS_PER_DAY;
+            }
+            t = next;
             if t >= end {
                 break;
             }
             previous_resolved = resolved;
-            channel = m.next_channel(channel, rng);
         }
     }
 
     /// Seconds into the day at which a contact on `channel` starts.
     fn time_of_day(&self, rng: &mut Xoshiro256PlusPlus, channel: usize) -> i64 {
-        let hours = if matches!(CHANNELS[channel], "web" | "app" | "bot" | "email" | "social") {
+        let hours = if matches!(
+            CHANNELS[channel],
+            "web" | "app" | "bot" | "email" | "social"
+        ) {
             &self.hours_digital
         } else {
             &self.hours_human
@@ -350,15 +409,16 @@ impl Generator {
             (false, true) => 0.6,
         };
         let resolved = !abandoned && rng.random_bool(p_resolved);
-        let qualification = if abandoned && rng.random_bool(0.7) || rng.random_bool(0.02) {
-            None
-        } else if after_failure && rng.random_bool(0.25) {
-            Some(self.prior_failure)
-        } else {
-            Some(forced_qualification.unwrap_or_else(|| {
-                m.qualification_dist[declaration as usize].sample(rng) as u16
-            }))
-        };
+        let qualification =
+            if abandoned && rng.random_bool(0.7) || rng.random_bool(0.02) {
+                None
+            } else if after_failure && rng.random_bool(0.25) {
+                Some(self.prior_failure)
+            } else {
+                Some(forced_qualification.unwrap_or_else(|| {
+                    m.qualification_dist[declaration as usize].sample(rng) as u16
+                }))
+            };
         let action = (!abandoned && !rng.random_bool(0.015))
             .then(|| m.action_dist[declaration as usize].sample(rng) as u16);
         let surveyed = !abandoned;
@@ -366,10 +426,15 @@ impl Generator {
         let nps = (surveyed && rng.random_bool(0.052)).then(|| survey(rng, resolved, &NPS));
         let sentiment = rng.random_bool(0.95).then(|| {
             let (mean, sd) = if resolved { (0.35, 0.35) } else { (-0.3, 0.4) };
-            Normal::<f64>::new(mean, sd).expect("valid normal").sample(rng).clamp(-1.0, 1.0) as f32
+            Normal::<f64>::new(mean, sd)
+                .expect("valid normal")
+                .sample(rng)
+                .clamp(-1.0, 1.0) as f32
         });
         let agent = (!self_service && !abandoned).then(|| rng.random_range(0..AGENTS));
-        let ts = self.period_start_micros() + t * MICROS_PER_SECOND + rng.random_range(0..MICROS_PER_SECOND);
+        let ts = self.period_start_micros()
+            + t * MICROS_PER_SECOND
+            + rng.random_range(0..MICROS_PER_SECOND);
         Contact {
             seq: 0,
             customer,
@@ -423,7 +488,11 @@ impl Generator {
         for (i, c) in contacts.iter().enumerate() {
             use std::fmt::Write;
             buf.clear();
-            let _ = write!(buf, "{:016x}", splitmix64(id_key ^ ((chunk << 32) | i as u64)));
+            let _ = write!(
+                buf,
+                "{:016x}",
+                splitmix64(id_key ^ ((chunk << 32) | i as u64))
+            );
             contact_id.append_value(&buf);
             buf.clear();
             let key = customer_key ^ ((chunk << 32) | c.customer as u64);
@@ -488,8 +557,29 @@ const CSAT: [&[(i16, f64)]; 2] = [
     &[(5, 0.08), (4, 0.12), (3, 0.20), (2, 0.25), (1, 0.35)],
 ];
 const NPS: [&[(i16, f64)]; 2] = [
-    &[(10, 0.30), (9, 0.25), (8, 0.18), (7, 0.12), (6, 0.06), (5, 0.04), (3, 0.03), (0, 0.02)],
-    &[(10, 0.03), (9, 0.04), (8, 0.08), (7, 0.10), (6, 0.15), (5, 0.15), (4, 0.12), (3, 0.1), (2, 0.08), (1, 0.07), (0, 0.08)],
+    &[
+        (10, 0.30),
+        (9, 0.25),
+        (8, 0.18),
+        (7, 0.12),
+        (6, 0.06),
+        (5, 0.04),
+        (3, 0.03),
+        (0, 0.02),
+    ],
+    &[
+        (10, 0.03),
+        (9, 0.04),
+        (8, 0.08),
+        (7, 0.10),
+        (6, 0.15),
+        (5, 0.15),
+        (4, 0.12),
+        (3, 0.1),
+        (2, 0.08),
+        (1, 0.07),
+        (0, 0.08),
+    ],
 ];
 
 fn survey(rng: &mut Xoshiro256PlusPlus, resolved: bool, table: &[&[(i16, f64)]; 2]) -> i16 {
@@ -532,7 +622,11 @@ mod tests {
 
     #[test]
     fn same_seed_same_chunk_and_other_seed_differs() {
-        let opts = GenOptions { rows: 5_000, chunk_rows: 5_000, ..Default::default() };
+        let opts = GenOptions {
+            rows: 5_000,
+            chunk_rows: 5_000,
+            ..Default::default()
+        };
         let a = generate_chunk(&opts, 0);
         let b = generate_chunk(&opts, 0);
         assert_eq!(a, b);

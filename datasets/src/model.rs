@@ -17,7 +17,7 @@ pub const CHAT: usize = 2;
 /// Share of *first* contacts of a journey per channel. Tuned so that the share of all
 /// contacts lands on DOMAIN.md's (phone 40 %, email 18 %, chat 14 %, web 9 %, app 7 %,
 /// social 5 %, mail 3 %, store 3 %, bot 1 %) once repeat contacts are added.
-pub const FIRST_CHANNEL_WEIGHTS: [f64; 9] = [37.0, 19.5, 13.5, 10.5, 8.0, 5.2, 3.0, 3.0, 1.3];
+pub const FIRST_CHANNEL_WEIGHTS: [f64; 9] = [37.0, 18.7, 14.3, 10.3, 7.8, 5.3, 3.2, 3.1, 1.3];
 
 /// Probability that a repeat contact stays on the previous contact's channel.
 /// After a phone call 40 % move to another channel (Nice–BCG 2016).
@@ -27,29 +27,29 @@ pub const STAY_PROBABILITY: [f64; 9] = [0.60, 0.35, 0.30, 0.15, 0.20, 0.35, 0.40
 /// excluded at draw time). Leaving phone, 16 % go to chat (6.4 % of all next contacts).
 pub const SWITCH_WEIGHTS: [[f64; 9]; 9] = [
     // phone   email chat  web   app   social mail store bot
-    [0.0, 42.0, 16.0, 14.0, 10.0, 8.0, 4.0, 5.0, 1.0],   // from phone
-    [70.0, 0.0, 12.0, 6.0, 4.0, 4.0, 2.0, 2.0, 0.0],     // from email (15 % of callers tried email)
-    [60.0, 18.0, 0.0, 8.0, 6.0, 4.0, 1.0, 3.0, 0.0],     // from chat
-    [55.0, 15.0, 20.0, 0.0, 4.0, 3.0, 1.0, 1.0, 1.0],    // from web
-    [50.0, 12.0, 25.0, 8.0, 0.0, 3.0, 0.0, 2.0, 0.0],    // from app
-    [45.0, 25.0, 15.0, 6.0, 5.0, 0.0, 2.0, 2.0, 0.0],    // from social
-    [55.0, 30.0, 5.0, 5.0, 2.0, 1.0, 0.0, 2.0, 0.0],     // from mail
-    [60.0, 15.0, 10.0, 6.0, 6.0, 2.0, 1.0, 0.0, 0.0],    // from store
-    [55.0, 10.0, 25.0, 6.0, 4.0, 0.0, 0.0, 0.0, 0.0],    // from bot
+    [0.0, 42.0, 16.0, 14.0, 10.0, 8.0, 4.0, 5.0, 1.0], // from phone
+    [70.0, 0.0, 12.0, 6.0, 4.0, 4.0, 2.0, 2.0, 0.0],   // from email (15 % of callers tried email)
+    [60.0, 18.0, 0.0, 8.0, 6.0, 4.0, 1.0, 3.0, 0.0],   // from chat
+    [55.0, 15.0, 20.0, 0.0, 4.0, 3.0, 1.0, 1.0, 1.0],  // from web
+    [50.0, 12.0, 25.0, 8.0, 0.0, 3.0, 0.0, 2.0, 0.0],  // from app
+    [45.0, 25.0, 15.0, 6.0, 5.0, 0.0, 2.0, 2.0, 0.0],  // from social
+    [55.0, 30.0, 5.0, 5.0, 2.0, 1.0, 0.0, 2.0, 0.0],   // from mail
+    [60.0, 15.0, 10.0, 6.0, 6.0, 2.0, 1.0, 0.0, 0.0],  // from store
+    [55.0, 10.0, 25.0, 6.0, 4.0, 0.0, 0.0, 0.0, 0.0],  // from bot
 ];
 
 /// Median wait before an answer (seconds) and lognormal σ, per channel; `None` for
 /// self-service channels that have no queue. Phone: ~80 % answered within 90 s.
 pub const WAIT: [Option<(f64, f64)>; 9] = [
-    Some((40.0, 0.96)),       // phone
-    Some((28_800.0, 1.1)),    // email: 8 h median, SLA 2 days
-    Some((25.0, 0.9)),        // chat
-    None,                     // web
-    None,                     // app
-    Some((5_400.0, 1.2)),     // social
-    Some((432_000.0, 0.6)),   // mail: 5 days
-    Some((240.0, 0.8)),       // store
-    None,                     // bot
+    Some((40.0, 0.96)),     // phone
+    Some((28_800.0, 1.1)),  // email: 8 h median, SLA 2 days
+    Some((25.0, 0.9)),      // chat
+    None,                   // web
+    None,                   // app
+    Some((5_400.0, 1.2)),   // social
+    Some((432_000.0, 0.6)), // mail: 5 days
+    Some((240.0, 0.8)),     // store
+    None,                   // bot
 ];
 
 /// Median handling time (seconds) and lognormal σ per channel. Phone median ~6 min,
@@ -151,7 +151,10 @@ const RULES: &[Rule] = &[
             ("Fulfilment/Stock/Backorder delay", 1.0),
             ("Carrier/Tracking/Tracking feed gap", 2.0),
             ("Digital platform/Communication/Notification not sent", 1.0),
-            ("Payment risk/Payment failure/Card failure shipment suspended", 1.0),
+            (
+                "Payment risk/Payment failure/Card failure shipment suspended",
+                1.0,
+            ),
             ("Service handling/No defect/Information need", 2.0),
         ],
         action: &[
@@ -169,7 +172,10 @@ const RULES: &[Rule] = &[
             ("Carrier/Transit", 5.0),
             ("Carrier/Tracking", 2.0),
             ("Carrier/Last mile", 2.0),
-            ("Payment risk/Payment failure/Card failure shipment suspended", 1.0),
+            (
+                "Payment risk/Payment failure/Card failure shipment suspended",
+                1.0,
+            ),
             ("Fulfilment/Dispatch", 1.0),
             ("Customer side/Customer error/Wrong address entered", 0.5),
         ],
@@ -220,7 +226,10 @@ const RULES: &[Rule] = &[
             ("Customer side/Customer error/Wrong size ordered", 2.0),
             ("Customer side/Customer error/Changed mind", 2.0),
             ("Customer side/Misunderstanding/Policy misread", 1.0),
-            ("Customer side/Misunderstanding/Info available not found", 2.0),
+            (
+                "Customer side/Misunderstanding/Info available not found",
+                2.0,
+            ),
             ("Policy process/Returns/Return window exceeded", 1.0),
             ("Carrier/Last mile/Failed attempt no notice", 0.5),
         ],
@@ -239,7 +248,10 @@ const RULES: &[Rule] = &[
             ("Payment risk/Billing error/Refund not triggered", 3.0),
             ("Payment risk/Billing error/Wrong amount charged", 1.0),
             ("Service handling/No defect/Information need", 2.0),
-            ("Service handling/Prior contact failure/Promise not kept", 1.0),
+            (
+                "Service handling/Prior contact failure/Promise not kept",
+                1.0,
+            ),
         ],
         action: &[
             ("Inform/Explain", 2.0),
@@ -317,7 +329,10 @@ const RULES: &[Rule] = &[
             ("Digital platform/Communication/Notification not sent", 1.0),
             ("Policy process/Compliance/KYC identity check required", 0.5),
         ],
-        action: &[("Financial action/Billing/Issue invoice", 5.0), ("Inform/Redirect", 2.0)],
+        action: &[
+            ("Financial action/Billing/Issue invoice", 5.0),
+            ("Inform/Redirect", 2.0),
+        ],
         category: [0.1, 0.1, 0.6, 0.2],
     },
     Rule {
@@ -325,7 +340,10 @@ const RULES: &[Rule] = &[
         qualification: &[
             ("Service handling/No defect/Information need", 3.0),
             ("Service handling/No defect/Sales opportunity", 1.0),
-            ("Customer side/Misunderstanding/Info available not found", 2.0),
+            (
+                "Customer side/Misunderstanding/Info available not found",
+                2.0,
+            ),
         ],
         action: &[
             ("Inform/Explain/Explain policy", 3.0),
@@ -338,7 +356,10 @@ const RULES: &[Rule] = &[
         declaration: "Account/Access",
         qualification: &[
             ("Digital platform/Bug/Account system bug", 2.0),
-            ("Customer side/Misunderstanding/Info available not found", 2.0),
+            (
+                "Customer side/Misunderstanding/Info available not found",
+                2.0,
+            ),
             ("Payment risk/Fraud review/Account takeover suspected", 1.0),
             ("Policy process/Compliance/KYC identity check required", 1.0),
         ],
@@ -356,7 +377,10 @@ const RULES: &[Rule] = &[
             ("Service handling/No defect/Information need", 2.0),
             ("Policy process/Compliance/KYC identity check required", 2.0),
         ],
-        action: &[("Account action/Data", 5.0), ("Account action/Verification", 2.0)],
+        action: &[
+            ("Account action/Data", 5.0),
+            ("Account action/Verification", 2.0),
+        ],
         category: [0.05, 0.1, 0.35, 0.5],
     },
     Rule {
@@ -456,7 +480,9 @@ impl Model {
         let rule_of = |leaf: &str| {
             RULES
                 .iter()
-                .find(|r| leaf.starts_with(r.declaration) && leaf[r.declaration.len()..].starts_with('/'))
+                .find(|r| {
+                    leaf.starts_with(r.declaration) && leaf[r.declaration.len()..].starts_with('/')
+                })
                 .unwrap_or_else(|| panic!("no generator rule covers declaration {leaf}"))
         };
         let node_dist = |leaves: &[String], weights: NodeWeights| {
@@ -466,16 +492,26 @@ impl Model {
                 let under = Taxonomy::leaves_under(leaves, node);
                 assert!(!under.is_empty(), "rule names unknown node {node}");
                 for leaf in under {
-                    let i = leaves.iter().position(|l| l == leaf).expect("leaf of taxonomy");
-                    w[i] += (1.0 - NOISE) * x / total / (Taxonomy::leaves_under(leaves, node).len() as f64);
+                    let i = leaves
+                        .iter()
+                        .position(|l| l == leaf)
+                        .expect("leaf of taxonomy");
+                    w[i] += (1.0 - NOISE) * x
+                        / total
+                        / (Taxonomy::leaves_under(leaves, node).len() as f64);
                 }
             }
             WeightedIndex::new(w).expect("positive weights")
         };
         let rules: Vec<&Rule> = taxonomy.declaration.iter().map(|d| rule_of(d)).collect();
-        let qualification_dist =
-            rules.iter().map(|r| node_dist(&taxonomy.qualification, r.qualification)).collect();
-        let action_dist = rules.iter().map(|r| node_dist(&taxonomy.action, r.action)).collect();
+        let qualification_dist = rules
+            .iter()
+            .map(|r| node_dist(&taxonomy.qualification, r.qualification))
+            .collect();
+        let action_dist = rules
+            .iter()
+            .map(|r| node_dist(&taxonomy.action, r.action))
+            .collect();
         let raw_categories: Vec<[f64; 4]> = rules.iter().map(|r| r.category).collect();
         let calibrated = calibrate_categories(&declaration_weights, &raw_categories);
         let category_dist = calibrated
@@ -491,7 +527,8 @@ impl Model {
             qualification_dist,
             action_dist,
             category_dist,
-            first_channel_dist: WeightedIndex::new(FIRST_CHANNEL_WEIGHTS).expect("positive weights"),
+            first_channel_dist: WeightedIndex::new(FIRST_CHANNEL_WEIGHTS)
+                .expect("positive weights"),
             switch_dist,
             taxonomy,
         }
@@ -510,7 +547,12 @@ impl Model {
 /// Zipf weights over declaration leaves in popularity order.
 fn declaration_weights(leaves: &[String]) -> Vec<f64> {
     let mut ranked: Vec<&str> = DECLARATION_RANKING.to_vec();
-    ranked.extend(leaves.iter().map(String::as_str).filter(|l| !DECLARATION_RANKING.contains(l)));
+    ranked.extend(
+        leaves
+            .iter()
+            .map(String::as_str)
+            .filter(|l| !DECLARATION_RANKING.contains(l)),
+    );
     leaves
         .iter()
         .map(|leaf| {
@@ -562,13 +604,26 @@ mod tests {
             .taxonomy
             .declaration
             .iter()
-            .map(|d| RULES.iter().find(|r| d.starts_with(r.declaration)).unwrap().category)
+            .map(|d| {
+                RULES
+                    .iter()
+                    .find(|r| d.starts_with(r.declaration))
+                    .unwrap()
+                    .category
+            })
             .collect();
         let cal = calibrate_categories(&weights, &raw);
         let total: f64 = weights.iter().sum();
         for c in 0..4 {
-            let share: f64 = cal.iter().zip(&weights).map(|(w, d)| w[c] * d / total).sum();
-            assert!((share - CATEGORY_TARGET[c]).abs() < 1e-6, "category {c}: {share}");
+            let share: f64 = cal
+                .iter()
+                .zip(&weights)
+                .map(|(w, d)| w[c] * d / total)
+                .sum();
+            assert!(
+                (share - CATEGORY_TARGET[c]).abs() < 1e-6,
+                "category {c}: {share}"
+            );
         }
     }
 }

@@ -42,15 +42,27 @@ mod tests {
         assert_eq!(t.declaration.len(), 58);
         assert_eq!(t.qualification.len(), 48);
         assert_eq!(t.action.len(), 49);
-        for leaf in t.declaration.iter().chain(&t.qualification).chain(&t.action) {
+        for leaf in t
+            .declaration
+            .iter()
+            .chain(&t.qualification)
+            .chain(&t.action)
+        {
             assert_eq!(leaf.split('/').count(), 3, "{leaf}");
         }
     }
 
     #[test]
     fn leaves_under_matches_whole_segments_only() {
-        let leaves = vec!["A/B/C".to_string(), "A/BB/C".to_string(), "A/B/D".to_string()];
-        assert_eq!(Taxonomy::leaves_under(&leaves, "A/B"), vec!["A/B/C", "A/B/D"]);
+        let leaves = vec![
+            "A/B/C".to_string(),
+            "A/BB/C".to_string(),
+            "A/B/D".to_string(),
+        ];
+        assert_eq!(
+            Taxonomy::leaves_under(&leaves, "A/B"),
+            vec!["A/B/C", "A/B/D"]
+        );
         assert_eq!(Taxonomy::leaves_under(&leaves, "A/B/C"), vec!["A/B/C"]);
     }
 }

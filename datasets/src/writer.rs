@@ -17,11 +17,20 @@ use crate::schema::input_schema;
 #[derive(Debug, thiserror::Error)]
 pub enum GenError {
     #[error("cannot create output directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: parquet::errors::ParquetError },
+    Write {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
     #[error("cannot create {path}: {source}")]
-    Create { path: PathBuf, source: std::io::Error },
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What a generation run produced.
@@ -43,16 +52,24 @@ impl GenSummary {
 /// Parquet settings for generated files: zstd, dictionary pages, one row group per file.
 fn writer_properties(rows: u64) -> WriterProperties {
     WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid zstd level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid zstd level"),
+        ))
         .set_max_row_group_row_count(Some(rows.max(1) as usize))
         .build()
 }
 
 /// Generate `opts.rows` traces into `dir` as `traces-<seed>-<chunk>.parquet`, using every
 /// core; the files depend only on `opts`. Shows a progress bar when `progress` is set.
-pub fn write_parquet(opts: &GenOptions, dir: &Path, progress: bool) -> Result<GenSummary, GenError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| GenError::CreateDir { path: dir.to_path_buf(), source })?;
+pub fn write_parquet(
+    opts: &GenOptions,
+    dir: &Path,
+    progress: bool,
+) -> Result<GenSummary, GenError> {
+    std::fs::create_dir_all(dir).map_err(|source| GenError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let started = Instant::now();
     let generator = Generator::new(opts.clone());
     let bar = if progress {
@@ -69,7 +86,9 @@ pub fn write_parquet(opts: &GenOptions, dir: &Path, progress: bool) -> Result<Ge
     };
     let next = AtomicU64::new(0);
     let chunks = opts.chunks();
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(chunks.max(1) as usize);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(chunks.max(1) as usize);
     let results: Vec<Result<Vec<(u64, PathBuf, u64)>, GenError>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
@@ -82,12 +101,19 @@ pub fn write_parquet(opts: &GenOptions, dir: &Path, progress: bool) -> Result<Ge
                         }
                         let batch = generator.chunk(index);
                         let path = dir.join(format!("traces-{}-{index:05}.parquet", opts.seed));
-                        let file = File::create(&path)
-                            .map_err(|source| GenError::Create { path: path.clone(), source })?;
+                        let file = File::create(&path).map_err(|source| GenError::Create {
+                            path: path.clone(),
+                            source,
+                        })?;
                         let write = |path: &Path| -> Result<(), GenError> {
-                            let err = |source| GenError::Write { path: path.to_path_buf(), source };
+                            let err = |source| GenError::Write {
+                                path: path.to_path_buf(),
+                                source,
+                            };
                             let props = writer_properties(batch.num_rows() as u64);
-                            let mut writer = ArrowWriter::try_new(file, input_schema(), Some(props)).map_err(err)?;
+                            let mut writer =
+                                ArrowWriter::try_new(file, input_schema(), Some(props))
+                                    .map_err(err)?;
                             writer.write(&batch).map_err(err)?;
                             writer.close().map_err(err)?;
                             Ok(())
@@ -100,7 +126,10 @@ pub fn write_parquet(opts: &GenOptions, dir: &Path, progress: bool) -> Result<Ge
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("generator thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("generator thread panicked"))
+            .collect()
     });
     let mut files = Vec::new();
     for r in results {

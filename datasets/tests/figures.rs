@@ -3,9 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use arrow::array::{
-    Array, AsArray, RecordBatch,
-};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Date32Type, Float32Type, Int16Type, Int32Type, TimestampMicrosecondType};
 use tracecube_datasets::{GenOptions, generate_chunk};
 
@@ -18,30 +16,56 @@ struct Sample {
 
 impl Sample {
     fn new() -> Self {
-        let opts = GenOptions { rows: ROWS, chunk_rows: ROWS, ..Default::default() };
-        Sample { batch: generate_chunk(&opts, 0) }
+        let opts = GenOptions {
+            rows: ROWS,
+            chunk_rows: ROWS,
+            ..Default::default()
+        };
+        Sample {
+            batch: generate_chunk(&opts, 0),
+        }
     }
     fn str(&self, name: &str, i: usize) -> Option<&str> {
         let a = self.batch.column_by_name(name).unwrap().as_string::<i32>();
         a.is_valid(i).then(|| a.value(i))
     }
     fn i32(&self, name: &str, i: usize) -> Option<i32> {
-        let a = self.batch.column_by_name(name).unwrap().as_primitive::<Int32Type>();
+        let a = self
+            .batch
+            .column_by_name(name)
+            .unwrap()
+            .as_primitive::<Int32Type>();
         a.is_valid(i).then(|| a.value(i))
     }
     fn i16(&self, name: &str, i: usize) -> Option<i16> {
-        let a = self.batch.column_by_name(name).unwrap().as_primitive::<Int16Type>();
+        let a = self
+            .batch
+            .column_by_name(name)
+            .unwrap()
+            .as_primitive::<Int16Type>();
         a.is_valid(i).then(|| a.value(i))
     }
     fn date(&self, name: &str, i: usize) -> Option<i32> {
-        let a = self.batch.column_by_name(name).unwrap().as_primitive::<Date32Type>();
+        let a = self
+            .batch
+            .column_by_name(name)
+            .unwrap()
+            .as_primitive::<Date32Type>();
         a.is_valid(i).then(|| a.value(i))
     }
     fn ts(&self, i: usize) -> i64 {
-        self.batch.column_by_name("ts").unwrap().as_primitive::<TimestampMicrosecondType>().value(i)
+        self.batch
+            .column_by_name("ts")
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>()
+            .value(i)
     }
     fn flag(&self, name: &str, i: usize) -> bool {
-        self.batch.column_by_name(name).unwrap().as_boolean().value(i)
+        self.batch
+            .column_by_name(name)
+            .unwrap()
+            .as_boolean()
+            .value(i)
     }
     fn len(&self) -> usize {
         self.batch.num_rows()
@@ -52,8 +76,16 @@ impl Sample {
     fn journeys(&self) -> Vec<Vec<usize>> {
         let mut by_key: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
         for i in 0..self.len() {
-            let need = self.str("declaration", i).unwrap().split('/').next().unwrap();
-            by_key.entry((self.str("customer_id", i).unwrap(), need)).or_default().push(i);
+            let need = self
+                .str("declaration", i)
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap();
+            by_key
+                .entry((self.str("customer_id", i).unwrap(), need))
+                .or_default()
+                .push(i);
         }
         let mut journeys = Vec::new();
         for (_, mut rows) in by_key {
@@ -78,6 +110,7 @@ fn pct(part: usize, whole: usize) -> f64 {
 }
 
 fn assert_near(what: &str, value: f64, target: f64, tolerance: f64) {
+    println!("{what}: {value:.2} (target {target} ± {tolerance})");
     assert!(
         (value - target).abs() <= tolerance,
         "{what}: {value:.2} is not within {tolerance} of {target}"
@@ -92,8 +125,15 @@ fn channel_shares_match_domain_within_two_points() {
         *counts.entry(s.str("channel", i).unwrap()).or_default() += 1;
     }
     for (channel, target) in [
-        ("phone", 40.0), ("email", 18.0), ("chat", 14.0), ("web", 9.0), ("app", 7.0),
-        ("social", 5.0), ("mail", 3.0), ("store", 3.0), ("bot", 1.0),
+        ("phone", 40.0),
+        ("email", 18.0),
+        ("chat", 14.0),
+        ("web", 9.0),
+        ("app", 7.0),
+        ("social", 5.0),
+        ("mail", 3.0),
+        ("store", 3.0),
+        ("bot", 1.0),
     ] {
         assert_near(channel, pct(counts[channel], s.len()), target, 2.0);
     }
@@ -105,11 +145,19 @@ fn journeys_match_fcr_switching_and_give_up() {
     let journeys = s.journeys();
     let max_ts = (0..s.len()).map(|i| s.ts(i)).max().unwrap();
     // FCR and give-up only over journeys whose 7-day window has closed.
-    let closed: Vec<&Vec<usize>> =
-        journeys.iter().filter(|j| s.ts(*j.last().unwrap()) + 7 * DAY_US < max_ts).collect();
-    let fcr = closed.iter().filter(|j| j.len() == 1 && s.flag("resolved", j[0])).count();
+    let closed: Vec<&Vec<usize>> = journeys
+        .iter()
+        .filter(|j| s.ts(*j.last().unwrap()) + 7 * DAY_US < max_ts)
+        .collect();
+    let fcr = closed
+        .iter()
+        .filter(|j| j.len() == 1 && s.flag("resolved", j[0]))
+        .count();
     assert_near("FCR %", pct(fcr, closed.len()), 70.0, 4.0);
-    let gave_up = closed.iter().filter(|j| !s.flag("resolved", *j.last().unwrap())).count();
+    let gave_up = closed
+        .iter()
+        .filter(|j| !s.flag("resolved", *j.last().unwrap()))
+        .count();
     assert_near("give-up %", pct(gave_up, closed.len()), 3.2, 1.5);
 
     let (mut after_phone, mut switched, mut to_chat) = (0, 0, 0);
@@ -123,8 +171,18 @@ fn journeys_match_fcr_switching_and_give_up() {
             }
         }
     }
-    assert_near("next contact after phone on another channel %", pct(switched, after_phone), 40.0, 5.0);
-    assert_near("next contact after phone on chat %", pct(to_chat, after_phone), 6.4, 2.5);
+    assert_near(
+        "next contact after phone on another channel %",
+        pct(switched, after_phone),
+        40.0,
+        5.0,
+    );
+    assert_near(
+        "next contact after phone on chat %",
+        pct(to_chat, after_phone),
+        6.4,
+        2.5,
+    );
 }
 
 #[test]
@@ -132,15 +190,20 @@ fn customers_with_three_contacts_use_about_2_7_channels() {
     let s = Sample::new();
     let mut channels: HashMap<&str, (usize, HashSet<&str>)> = HashMap::new();
     for i in 0..s.len() {
-        let e = channels.entry(s.str("customer_id", i).unwrap()).or_default();
+        let e = channels
+            .entry(s.str("customer_id", i).unwrap())
+            .or_default();
         e.0 += 1;
         e.1.insert(s.str("channel", i).unwrap());
     }
     let multi: Vec<_> = channels.values().filter(|(n, _)| *n >= 3).collect();
     let mean = multi.iter().map(|(_, c)| c.len()).sum::<usize>() as f64 / multi.len() as f64;
-    assert_near("channels per customer with >= 3 contacts", mean, 2.7, 0.25);
+    assert_near("channels per customer with >= 3 contacts", mean, 2.7, 0.2);
     let per_customer = s.len() as f64 / channels.len() as f64;
-    assert!((2.0..=4.0).contains(&per_customer), "contacts per customer per year {per_customer}");
+    assert!(
+        (2.0..=4.0).contains(&per_customer),
+        "contacts per customer per year {per_customer}"
+    );
 }
 
 #[test]
@@ -164,17 +227,35 @@ fn phone_queue_and_handle_times_are_lognormal_as_published() {
         }
     }
     let abandonment = pct(abandoned, phone);
-    assert!((5.0..=8.0).contains(&abandonment), "phone abandonment {abandonment}");
+    assert!(
+        (5.0..=8.0).contains(&abandonment),
+        "phone abandonment {abandonment}"
+    );
     let within = phone_waits.iter().filter(|&&w| w <= 90).count();
-    assert_near("phone answered within 90 s %", pct(within, phone_waits.len()), 80.0, 4.0);
+    assert_near(
+        "phone answered within 90 s %",
+        pct(within, phone_waits.len()),
+        80.0,
+        4.0,
+    );
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
-    assert_near("phone median handle s", median(handles.get_mut("phone").unwrap()), 360.0, 30.0);
+    assert_near(
+        "phone median handle s",
+        median(handles.get_mut("phone").unwrap()),
+        360.0,
+        30.0,
+    );
     assert_near("chat mean handle s", mean(&handles["chat"]), 780.0, 60.0);
-    assert_near("email median handle s", median(handles.get_mut("email").unwrap()), 240.0, 25.0);
+    assert_near(
+        "email median handle s",
+        median(handles.get_mut("email").unwrap()),
+        240.0,
+        25.0,
+    );
 }
 
 #[test]
@@ -182,10 +263,19 @@ fn surveys_cover_a_few_percent_and_sentiment_almost_all() {
     let s = Sample::new();
     let csat = (0..s.len()).filter(|&i| s.i16("csat", i).is_some()).count();
     let nps = (0..s.len()).filter(|&i| s.i16("nps", i).is_some()).count();
-    let sentiment = s.batch.column_by_name("sentiment").unwrap().as_primitive::<Float32Type>();
+    let sentiment = s
+        .batch
+        .column_by_name("sentiment")
+        .unwrap()
+        .as_primitive::<Float32Type>();
     assert_near("csat coverage %", pct(csat, s.len()), 7.0, 1.0);
     assert_near("nps coverage %", pct(nps, s.len()), 5.0, 1.0);
-    assert_near("sentiment coverage %", pct(s.len() - sentiment.null_count(), s.len()), 95.0, 1.0);
+    assert_near(
+        "sentiment coverage %",
+        pct(s.len() - sentiment.null_count(), s.len()),
+        95.0,
+        1.0,
+    );
     assert!((0..s.len()).all(|i| s.i16("csat", i).is_none_or(|v| (1..=5).contains(&v))));
     assert!((0..s.len()).all(|i| s.i16("nps", i).is_none_or(|v| (0..=10).contains(&v))));
 }
@@ -201,7 +291,12 @@ fn categories_match_price_and_jaffe_shares() {
             known += 1;
         }
     }
-    for (category, target) in [("avoidable", 35.0), ("help", 30.0), ("selfcare", 25.0), ("mandatory", 10.0)] {
+    for (category, target) in [
+        ("avoidable", 35.0),
+        ("help", 30.0),
+        ("selfcare", 25.0),
+        ("mandatory", 10.0),
+    ] {
         assert_near(category, pct(counts[category], known), target, 3.0);
     }
 }
@@ -216,7 +311,9 @@ fn reasons_are_zipf_like_and_qualification_follows_declaration() {
         *counts.entry(d).or_default() += 1;
         if d == "Delivery/Tracking/Parcel not received" {
             if let Some(q) = s.str("qualification", i) {
-                *behind_parcel.entry(q.split('/').next().unwrap()).or_default() += 1;
+                *behind_parcel
+                    .entry(q.split('/').next().unwrap())
+                    .or_default() += 1;
             }
         }
     }
@@ -225,9 +322,15 @@ fn reasons_are_zipf_like_and_qualification_follows_declaration() {
     assert_eq!(ranked[0].0, "Order/Status/Where is my order");
     let top = pct(ranked[0].1, s.len());
     assert!((15.0..=19.0).contains(&top), "where is my order {top}%");
-    assert!(ranked[0].1 > 2 * ranked[4].1 && ranked[4].1 > 2 * ranked[30].1, "not Zipf-like: {ranked:?}");
+    assert!(
+        ranked[0].1 > 2 * ranked[4].1 && ranked[4].1 > 2 * ranked[30].1,
+        "not Zipf-like: {ranked:?}"
+    );
     let total: usize = behind_parcel.values().sum();
-    assert!(pct(behind_parcel["Carrier"], total) > 40.0, "{behind_parcel:?}");
+    assert!(
+        pct(behind_parcel["Carrier"], total) > 40.0,
+        "{behind_parcel:?}"
+    );
 }
 
 #[test]
@@ -266,7 +369,12 @@ fn contacts_peak_in_business_hours_on_weekdays_with_incident_spikes() {
         }
     }
     assert!(business > 8 * night, "business {business} night {night}");
-    assert!(weekday[0] > 2 * weekday[6], "monday {} sunday {}", weekday[0], weekday[6]);
+    assert!(
+        weekday[0] > 2 * weekday[6],
+        "monday {} sunday {}",
+        weekday[0],
+        weekday[6]
+    );
     let delays: Vec<usize> = per_day
         .iter()
         .filter(|((_, q), _)| *q == "Carrier/Transit/Carrier delay")
@@ -275,5 +383,8 @@ fn contacts_peak_in_business_hours_on_weekdays_with_incident_spikes() {
     let mut sorted = delays.clone();
     sorted.sort();
     let (median, max) = (sorted[sorted.len() / 2], sorted[sorted.len() - 1]);
-    assert!(max > 5 * median.max(1), "carrier delay spike: max {max}, median {median}");
+    assert!(
+        max > 5 * median.max(1),
+        "carrier delay spike: max {max}, median {median}"
+    );
 }

@@ -23,7 +23,10 @@ pub async fn prepare_server(config: Config, progress: bool) -> Result<Server, Ap
     let warehouse = Warehouse::open(config).await?;
     tracing::info!("warehouse at {}", warehouse.root());
     if demo && demo::is_empty(&warehouse).await? {
-        tracing::info!("the warehouse is empty: generating and loading the demo data set ({} traces)", demo::DEMO_ROWS);
+        tracing::info!(
+            "the warehouse is empty: generating and loading the demo data set ({} traces)",
+            demo::DEMO_ROWS
+        );
         let record = demo::load_demo(&warehouse, demo::DEMO_ROWS, progress).await?;
         tracing::info!("{}", record.summary_line());
     }
@@ -47,7 +50,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 }
 
 /// `tracecube load`: load `urls` into the configured warehouse.
-pub async fn load(config: Config, urls: &[String], options: &LoadOptions) -> Result<LoadRecord, AppError> {
+pub async fn load(
+    config: Config,
+    urls: &[String],
+    options: &LoadOptions,
+) -> Result<LoadRecord, AppError> {
     let warehouse = Warehouse::open(config).await?;
     Ok(Loader::new(&warehouse).load(urls, options).await?)
 }

@@ -14,8 +14,8 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown, col};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use tokio::sync::Mutex;
 
 use crate::warehouse::{Table, Warehouse, WarehouseError};
@@ -54,7 +54,11 @@ impl LiveTable {
     async fn provider(&self) -> Result<Arc<dyn TableProvider>> {
         let mut current = self.current.lock().await;
         if current.0.elapsed() >= FRESHNESS {
-            let t = self.warehouse.table(self.table).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let t = self
+                .warehouse
+                .table(self.table)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
             if t.version() != current.1 {
                 let provider = provider_of(&self.warehouse, self.table, &t)
                     .await
@@ -94,7 +98,10 @@ impl TableProvider for LiveTable {
         None
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
         // Filters are used for pruning; DataFusion re-applies them to the rows.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
@@ -106,7 +113,10 @@ impl TableProvider for LiveTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        self.provider().await?.scan(state, projection, filters, limit).await
+        self.provider()
+            .await?
+            .scan(state, projection, filters, limit)
+            .await
     }
 }
 
@@ -132,7 +142,8 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
         .expect("default catalog exists")
         .register_schema(SYSTEM_SCHEMA, system)
         .map_err(df_err)?;
-    ctx.register_table(format!("{SYSTEM_SCHEMA}.loads").as_str(), loads.clone()).map_err(df_err)?;
+    ctx.register_table(format!("{SYSTEM_SCHEMA}.loads").as_str(), loads.clone())
+        .map_err(df_err)?;
 
     // Rejected rows are visible once their load committed: a load stopped between writing
     // its rejects and committing its rows leaves nothing behind.
@@ -145,10 +156,17 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
     let visible = ctx
         .read_table(rejects)
         .and_then(|df| {
-            df.join(committed, datafusion::common::JoinType::LeftSemi, &["load_id"], &["committed_load_id"], None)
+            df.join(
+                committed,
+                datafusion::common::JoinType::LeftSemi,
+                &["load_id"],
+                &["committed_load_id"],
+                None,
+            )
         })
         .map_err(df_err)?;
-    ctx.register_table("rejects", visible.into_view()).map_err(df_err)?;
+    ctx.register_table("rejects", visible.into_view())
+        .map_err(df_err)?;
 
     setup_pg_catalog(&ctx, CATALOG, EmptyContextProvider).map_err(|e| df_err(*e))?;
     Ok(ctx)

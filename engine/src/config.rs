@@ -10,11 +10,21 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid configuration file {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("invalid value {value:?} for {key}: {reason}")]
-    Invalid { key: String, value: String, reason: String },
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
 }
 
 /// The whole configuration of a Tracecube process.
@@ -77,8 +87,10 @@ impl Config {
         };
         let mut config = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
                 toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source })?
             }
             None => Config::default(),
@@ -111,7 +123,10 @@ impl Config {
                 "TIME_ZONE" => self.time_zone = value,
                 "LISTEN" => self.listen = value,
                 "DEMO" => {
-                    self.demo = matches!(value.to_ascii_lowercase().as_str(), "1" | "true" | "on" | "yes")
+                    self.demo = matches!(
+                        value.to_ascii_lowercase().as_str(),
+                        "1" | "true" | "on" | "yes"
+                    )
                 }
                 "DEFAULT_HOURLY_COST" => self.default_hourly_cost = number(&value)?,
                 _ => {
@@ -151,16 +166,21 @@ impl Config {
 
     /// The configured time zone.
     pub fn tz(&self) -> Result<chrono_tz::Tz, ConfigError> {
-        self.time_zone.parse::<chrono_tz::Tz>().map_err(|e| ConfigError::Invalid {
-            key: "time_zone".into(),
-            value: self.time_zone.clone(),
-            reason: e.to_string(),
-        })
+        self.time_zone
+            .parse::<chrono_tz::Tz>()
+            .map_err(|e| ConfigError::Invalid {
+                key: "time_zone".into(),
+                value: self.time_zone.clone(),
+                reason: e.to_string(),
+            })
     }
 
     /// Hourly cost of `channel`.
     pub fn hourly_cost_of(&self, channel: &str) -> f64 {
-        self.hourly_cost.get(channel).copied().unwrap_or(self.default_hourly_cost)
+        self.hourly_cost
+            .get(channel)
+            .copied()
+            .unwrap_or(self.default_hourly_cost)
     }
 }
 
@@ -180,7 +200,8 @@ mod tests {
 
     #[test]
     fn env_overrides_file_values() {
-        let mut c: Config = toml::from_str("time_zone = 'Europe/Paris'\n[hourly_cost]\nphone = 50.0").unwrap();
+        let mut c: Config =
+            toml::from_str("time_zone = 'Europe/Paris'\n[hourly_cost]\nphone = 50.0").unwrap();
         c.apply_env([
             ("TRACECUBE_LISTEN".to_string(), "127.0.0.1:6000".to_string()),
             ("TRACECUBE_HOURLY_COST_CHAT".to_string(), "30".to_string()),
@@ -195,7 +216,10 @@ mod tests {
 
     #[test]
     fn bad_time_zone_is_a_clear_error() {
-        let c = Config { time_zone: "Mars/Olympus".into(), ..Default::default() };
+        let c = Config {
+            time_zone: "Mars/Olympus".into(),
+            ..Default::default()
+        };
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("time_zone") && e.contains("Mars/Olympus"), "{e}");
     }

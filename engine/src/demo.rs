@@ -17,23 +17,51 @@ pub async fn is_empty(warehouse: &Warehouse) -> Result<bool, LoadError> {
 }
 
 /// Generate the demo data set into a temporary folder and load it.
-pub async fn load_demo(warehouse: &Warehouse, rows: u64, progress: bool) -> Result<LoadRecord, LoadError> {
+pub async fn load_demo(
+    warehouse: &Warehouse,
+    rows: u64,
+    progress: bool,
+) -> Result<LoadRecord, LoadError> {
     let dir = tempfile::tempdir().map_err(|e| LoadError::Read {
         source_url: "demo data set".into(),
         message: format!("cannot create a temporary folder: {e}"),
     })?;
-    let opts = GenOptions { rows, seed: DEMO_SEED, ..Default::default() };
+    let opts = GenOptions {
+        rows,
+        seed: DEMO_SEED,
+        ..Default::default()
+    };
     let out = dir.path().to_path_buf();
-    let summary = tokio::task::spawn_blocking(move || tracecube_datasets::write_parquet(&opts, &out, progress))
-        .await
-        .map_err(|e| LoadError::Read { source_url: "demo data set".into(), message: e.to_string() })?
-        .map_err(|e| LoadError::Read { source_url: "demo data set".into(), message: e.to_string() })?;
+    let summary = tokio::task::spawn_blocking(move || {
+        tracecube_datasets::write_parquet(&opts, &out, progress)
+    })
+    .await
+    .map_err(|e| LoadError::Read {
+        source_url: "demo data set".into(),
+        message: e.to_string(),
+    })?
+    .map_err(|e| LoadError::Read {
+        source_url: "demo data set".into(),
+        message: e.to_string(),
+    })?;
     tracing::info!(
         "generated {} demo traces in {:.2} s ({:.0} rows/s)",
         summary.rows,
         summary.elapsed.as_secs_f64(),
         summary.rows_per_second()
     );
-    let urls: Vec<String> = summary.files.iter().map(|p| p.display().to_string()).collect();
-    Loader::new(warehouse).load(&urls, &LoadOptions { progress, ..Default::default() }).await
+    let urls: Vec<String> = summary
+        .files
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    Loader::new(warehouse)
+        .load(
+            &urls,
+            &LoadOptions {
+                progress,
+                ..Default::default()
+            },
+        )
+        .await
 }

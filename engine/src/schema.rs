@@ -10,8 +10,16 @@ pub fn timestamp_type() -> DataType {
 }
 
 /// Columns derived at load (SPEC §1.3 and §3.3), in stored order after the input columns.
-pub const DERIVED_COLUMNS: [&str; 8] =
-    ["life_stage", "tenure_year", "day", "hour", "weekday", "minute", "pain", "effort"];
+pub const DERIVED_COLUMNS: [&str; 8] = [
+    "life_stage",
+    "tenure_year",
+    "day",
+    "hour",
+    "weekday",
+    "minute",
+    "pain",
+    "effort",
+];
 
 /// The stored `traces` table: canonical input columns then derived ones. `cost` is stored
 /// resolved (never NULL); `abandoned` and `resolved` default to false.

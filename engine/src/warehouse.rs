@@ -21,7 +21,11 @@ pub enum WarehouseError {
     #[error("invalid warehouse location {location:?}: {message}")]
     Location { location: String, message: String },
     #[error("table {table} at {url}: {source}")]
-    Delta { table: String, url: String, source: deltalake::DeltaTableError },
+    Delta {
+        table: String,
+        url: String,
+        source: deltalake::DeltaTableError,
+    },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 }
@@ -73,8 +77,16 @@ impl Warehouse {
     pub async fn open(config: Config) -> Result<Self, WarehouseError> {
         config.validate()?;
         let root = root_url(&config.warehouse)?;
-        let storage_options = config.storage.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let warehouse = Warehouse { config: Arc::new(config), root, storage_options };
+        let storage_options = config
+            .storage
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let warehouse = Warehouse {
+            config: Arc::new(config),
+            root,
+            storage_options,
+        };
         for table in [Table::Traces, Table::Rejects, Table::Loads] {
             warehouse.create_if_missing(table).await?;
         }
@@ -93,10 +105,15 @@ impl Warehouse {
 
     /// URL of a table's folder.
     pub fn table_url(&self, table: Table) -> Url {
-        self.root.join(&format!("{}/", table.dir())).expect("table folder names are valid URL paths")
+        self.root
+            .join(&format!("{}/", table.dir()))
+            .expect("table folder names are valid URL paths")
     }
 
-    fn delta_error(&self, table: Table) -> impl Fn(deltalake::DeltaTableError) -> WarehouseError + '_ {
+    fn delta_error(
+        &self,
+        table: Table,
+    ) -> impl Fn(deltalake::DeltaTableError) -> WarehouseError + '_ {
         move |source| WarehouseError::Delta {
             table: table.dir().to_string(),
             url: self.table_url(table).to_string(),
@@ -139,7 +156,9 @@ impl Warehouse {
             .iter()
             .map(|f| f.as_ref().try_into_kernel())
             .collect::<Result<Vec<StructField>, _>>()
-            .map_err(|e| self.delta_error(table)(deltalake::DeltaTableError::Generic(e.to_string())))?;
+            .map_err(|e| {
+                self.delta_error(table)(deltalake::DeltaTableError::Generic(e.to_string()))
+            })?;
         t.create()
             .with_table_name(table.dir())
             .with_columns(columns)
@@ -151,9 +170,17 @@ impl Warehouse {
     }
 
     /// Register `table` in `ctx` under `name` at its latest version.
-    pub async fn register(&self, ctx: &SessionContext, name: &str, table: Table) -> Result<(), WarehouseError> {
+    pub async fn register(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+        table: Table,
+    ) -> Result<(), WarehouseError> {
         let t = self.table(table).await?;
-        let provider = t.table_provider().await.map_err(|e| self.delta_error(table)(e.into()))?;
+        let provider = t
+            .table_provider()
+            .await
+            .map_err(|e| self.delta_error(table)(e.into()))?;
         ctx.register_table(name, provider)
             .map_err(|e| self.delta_error(table)(e.into()))?;
         Ok(())
@@ -162,7 +189,10 @@ impl Warehouse {
 
 /// The warehouse root as a URL ending in `/`: a URL as given, or a local path made absolute.
 fn root_url(location: &str) -> Result<Url, WarehouseError> {
-    let bad = |message: String| WarehouseError::Location { location: location.to_string(), message };
+    let bad = |message: String| WarehouseError::Location {
+        location: location.to_string(),
+        message,
+    };
     let mut url = if location.contains("://") {
         Url::parse(location).map_err(|e| bad(e.to_string()))?
     } else {

@@ -43,12 +43,21 @@ impl TestWarehouse {
     /// Generate `rows` traces with `seed` into a folder of Parquet files.
     pub fn generate(&self, name: &str, rows: u64, seed: u64) -> PathBuf {
         let out = self.path(name);
-        let opts = GenOptions { rows, seed, chunk_rows: rows.div_ceil(2).max(1), ..Default::default() };
+        let opts = GenOptions {
+            rows,
+            seed,
+            chunk_rows: rows.div_ceil(2).max(1),
+            ..Default::default()
+        };
         tracecube_datasets::write_parquet(&opts, &out, false).unwrap();
         out
     }
 
-    pub async fn load(&self, urls: &[&Path], options: LoadOptions) -> Result<LoadRecord, tracecube_engine::load::LoadError> {
+    pub async fn load(
+        &self,
+        urls: &[&Path],
+        options: LoadOptions,
+    ) -> Result<LoadRecord, tracecube_engine::load::LoadError> {
         let urls: Vec<String> = urls.iter().map(|p| p.display().to_string()).collect();
         Loader::new(&self.warehouse).load(&urls, &options).await
     }
@@ -62,7 +71,13 @@ impl TestWarehouse {
             let formatters: Vec<_> = b
                 .columns()
                 .iter()
-                .map(|c| datafusion::arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &Default::default()).unwrap())
+                .map(|c| {
+                    datafusion::arrow::util::display::ArrayFormatter::try_new(
+                        c.as_ref(),
+                        &Default::default(),
+                    )
+                    .unwrap()
+                })
                 .collect();
             for i in 0..b.num_rows() {
                 rows.push(formatters.iter().map(|f| f.value(i).to_string()).collect());
@@ -72,17 +87,26 @@ impl TestWarehouse {
     }
 
     pub async fn count(&self, table: &str) -> i64 {
-        self.query(&format!("SELECT count(*) FROM {table}")).await[0][0].parse().unwrap()
+        self.query(&format!("SELECT count(*) FROM {table}")).await[0][0]
+            .parse()
+            .unwrap()
     }
 }
 
 /// Channel counts of generated traces, computed from the generator itself.
 pub fn generated_channel_counts(rows: u64, seed: u64) -> BTreeMap<String, i64> {
-    let opts = GenOptions { rows, seed, chunk_rows: rows.div_ceil(2).max(1), ..Default::default() };
+    let opts = GenOptions {
+        rows,
+        seed,
+        chunk_rows: rows.div_ceil(2).max(1),
+        ..Default::default()
+    };
     let mut counts = BTreeMap::new();
     for chunk in 0..opts.chunks() {
         let b = generate_chunk(&opts, chunk);
-        let ch = datafusion::arrow::array::AsArray::as_string::<i32>(b.column_by_name("channel").unwrap());
+        let ch = datafusion::arrow::array::AsArray::as_string::<i32>(
+            b.column_by_name("channel").unwrap(),
+        );
         for v in ch.iter().flatten() {
             *counts.entry(v.to_string()).or_insert(0) += 1;
         }
@@ -99,7 +123,9 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: Config) -> Self {
-        let server = tracecube_engine::app::prepare_server(config, false).await.unwrap();
+        let server = tracecube_engine::app::prepare_server(config, false)
+            .await
+            .unwrap();
         let port = server.local_addr().unwrap().port();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -110,11 +136,18 @@ impl TestServer {
                 .await
                 .unwrap();
         });
-        TestServer { port, stop: Some(stop), task: Some(task) }
+        TestServer {
+            port,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub async fn connect_as(&self, user: &str) -> Result<Client, tokio_postgres::Error> {
-        let conn_str = format!("host=127.0.0.1 port={} user={user} dbname=tracecube", self.port);
+        let conn_str = format!(
+            "host=127.0.0.1 port={} user={user} dbname=tracecube",
+            self.port
+        );
         let (client, connection) = tokio_postgres::connect(&conn_str, NoTls).await?;
         tokio::spawn(async move {
             let _ = connection.await;

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use datafusion::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use datafusion::arrow::compute::{
+    SortColumn, concat_batches, lexsort_to_indices, take_record_batch,
+};
 use datafusion::arrow::datatypes::Date32Type;
 use datafusion::prelude::SessionContext;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::kernel::Transaction;
-use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::protocol::{DeltaOperation, SaveMode};
 use futures::TryStreamExt;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -40,14 +42,19 @@ fn delta_err(table: Table) -> impl Fn(deltalake::DeltaTableError) -> LoadError {
 /// Parquet settings of stored files: zstd, dictionary pages, statistics, large row groups.
 fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid zstd level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid zstd level"),
+        ))
         .set_dictionary_enabled(true)
         .set_max_row_group_row_count(Some(1 << 20))
         .build()
 }
 
 /// Whether `file` (same URL, size and ETag) was committed to `traces` by an earlier load.
-pub async fn source_already_loaded(traces: &DeltaTable, file: &SourceFile) -> Result<bool, LoadError> {
+pub async fn source_already_loaded(
+    traces: &DeltaTable,
+    file: &SourceFile,
+) -> Result<bool, LoadError> {
     let Ok(snapshot) = traces.snapshot() else {
         return Ok(false);
     };
@@ -68,7 +75,9 @@ pub async fn stored_contact_ids(
         return Ok(HashSet::new());
     };
     let session = SessionContext::new_with_state(ctx.state());
-    warehouse.register(&session, "traces", Table::Traces).await?;
+    warehouse
+        .register(&session, "traces", Table::Traces)
+        .await?;
     let sql = format!(
         "SELECT day, contact_id FROM traces WHERE day BETWEEN to_date('{}') AND to_date('{}')",
         date_string(*first),
@@ -93,7 +102,10 @@ fn cast_strings(batch: &RecordBatch) -> Result<RecordBatch, LoadError> {
     let mut fields = Vec::new();
     let mut columns = Vec::new();
     for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
-        if matches!(f.data_type(), DataType::Utf8View | DataType::LargeUtf8 | DataType::Dictionary(..)) {
+        if matches!(
+            f.data_type(),
+            DataType::Utf8View | DataType::LargeUtf8 | DataType::Dictionary(..)
+        ) {
             columns.push(datafusion::arrow::compute::cast(c, &DataType::Utf8)?);
             fields.push(Field::new(f.name(), DataType::Utf8, f.is_nullable()));
         } else {
@@ -101,7 +113,10 @@ fn cast_strings(batch: &RecordBatch) -> Result<RecordBatch, LoadError> {
             fields.push(f.as_ref().clone());
         }
     }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 fn date_string(days: i32) -> String {
@@ -126,7 +141,10 @@ pub async fn commit_traces(
         drop(batches);
         let keys = ["day", "channel", "declaration"]
             .iter()
-            .map(|c| SortColumn { values: all.column_by_name(c).expect("sort column").clone(), options: None })
+            .map(|c| SortColumn {
+                values: all.column_by_name(c).expect("sort column").clone(),
+                options: None,
+            })
             .collect::<Vec<_>>();
         let order = lexsort_to_indices(&keys, None)?;
         data.push(take_record_batch(&all, &order)?);
@@ -134,7 +152,26 @@ pub async fn commit_traces(
     let metadata = serde_json::to_value(&*record).expect("load record serialises");
     let commit = CommitProperties::default()
         .with_metadata([(LOAD_METADATA_KEY.to_string(), metadata)])
-        .with_application_transactions(sources.iter().map(|s| Transaction::new(s.identity(), 1)).collect());
+        .with_application_transactions(
+            sources
+                .iter()
+                .map(|s| Transaction::new(s.identity(), 1))
+                .collect(),
+        );
+    if data.is_empty() {
+        // Nothing new (every row was a duplicate): still record the sources as loaded.
+        let snapshot = traces.snapshot().map_err(delta_err(Table::Traces))?;
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: Some(vec!["day".to_string()]),
+            predicate: None,
+        };
+        let done = CommitBuilder::from(commit)
+            .build(Some(snapshot), traces.log_store(), operation)
+            .await
+            .map_err(delta_err(Table::Traces))?;
+        return Ok(done.version() as i64);
+    }
     let table = traces
         .write(data)
         .with_save_mode(SaveMode::Append)
@@ -147,17 +184,33 @@ pub async fn commit_traces(
 }
 
 /// Store rejected rows in `rejects`, tagged with the load id.
-pub async fn write_rejects(warehouse: &Warehouse, load_id: &str, rows: &[SourceRowError]) -> Result<(), LoadError> {
+pub async fn write_rejects(
+    warehouse: &Warehouse,
+    load_id: &str,
+    rows: &[SourceRowError],
+) -> Result<(), LoadError> {
     let n = rows.len();
     let now = chrono::Utc::now().timestamp_micros();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![load_id; n])),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.source_url.as_str()))),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.error.row as i64))),
-        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.error.column.as_deref()))),
-        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.error.value.as_deref()))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.error.reason.as_str()))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.error.record.as_str()))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.source_url.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.error.row as i64),
+        )),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.error.column.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.error.value.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.error.reason.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.error.record.as_str()),
+        )),
         Arc::new(TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC")),
     ];
     let batch = RecordBatch::try_new(rejects_schema(), columns)?;
@@ -171,18 +224,25 @@ pub async fn write_rejects(warehouse: &Warehouse, load_id: &str, rows: &[SourceR
 }
 
 fn loads_batch(records: &[LoadRecord]) -> Result<RecordBatch, LoadError> {
-    let ts = |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef;
+    let ts =
+        |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef;
     let int = |f: fn(&LoadRecord) -> u64| {
-        Arc::new(Int64Array::from_iter_values(records.iter().map(|r| f(r) as i64))) as ArrayRef
+        Arc::new(Int64Array::from_iter_values(
+            records.iter().map(|r| f(r) as i64),
+        )) as ArrayRef
     };
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.load_id.as_str()))),
+        Arc::new(StringArray::from_iter_values(
+            records.iter().map(|r| r.load_id.as_str()),
+        )),
         ts(records.iter().map(|r| r.started_at).collect()),
         ts(records.iter().map(|r| r.finished_at).collect()),
-        Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.status.as_str()))),
         Arc::new(StringArray::from_iter_values(
-            records.iter().map(|r| serde_json::to_string(&r.sources).expect("strings serialise")),
+            records.iter().map(|r| r.status.as_str()),
         )),
+        Arc::new(StringArray::from_iter_values(records.iter().map(|r| {
+            serde_json::to_string(&r.sources).expect("strings serialise")
+        }))),
         int(|r| r.files),
         int(|r| r.files_skipped),
         int(|r| r.bytes),
@@ -190,8 +250,12 @@ fn loads_batch(records: &[LoadRecord]) -> Result<RecordBatch, LoadError> {
         int(|r| r.rows_loaded),
         int(|r| r.rows_duplicate),
         int(|r| r.rows_rejected),
-        Arc::new(Int64Array::from_iter(records.iter().map(|r| r.traces_version))),
-        Arc::new(StringArray::from_iter(records.iter().map(|r| r.message.as_deref()))),
+        Arc::new(Int64Array::from_iter(
+            records.iter().map(|r| r.traces_version),
+        )),
+        Arc::new(StringArray::from_iter(
+            records.iter().map(|r| r.message.as_deref()),
+        )),
     ];
     Ok(RecordBatch::try_new(loads_schema(), columns)?)
 }
@@ -218,7 +282,11 @@ pub async fn reconcile_loads(warehouse: &Warehouse, ctx: &SessionContext) -> Res
     let Some(latest) = traces.version() else {
         return Ok(());
     };
-    let infos: Vec<_> = traces.history(Some(50)).try_collect().await.map_err(delta_err(Table::Traces))?;
+    let infos: Vec<_> = traces
+        .history(Some(50))
+        .try_collect()
+        .await
+        .map_err(delta_err(Table::Traces))?;
     let session = SessionContext::new_with_state(ctx.state());
     warehouse.register(&session, "loads", Table::Loads).await?;
     let known: HashSet<String> = session
@@ -232,7 +300,9 @@ pub async fn reconcile_loads(warehouse: &Warehouse, ctx: &SessionContext) -> Res
         .iter()
         .flat_map(|b| {
             let a = b.column(0).as_string::<i32>();
-            (0..a.len()).map(|i| a.value(i).to_string()).collect::<Vec<_>>()
+            (0..a.len())
+                .map(|i| a.value(i).to_string())
+                .collect::<Vec<_>>()
         })
         .collect();
     let mut missing = Vec::new();
@@ -248,11 +318,15 @@ pub async fn reconcile_loads(warehouse: &Warehouse, ctx: &SessionContext) -> Res
         }
         record.traces_version = Some(latest as i64 - age as i64);
         record.finished_at = info.timestamp.map_or(record.finished_at, |ms| ms * 1000);
-        record.message = Some("recorded after the loading process stopped before logging it".into());
+        record.message =
+            Some("recorded after the loading process stopped before logging it".into());
         missing.push(record);
     }
     if !missing.is_empty() {
-        tracing::info!("recording {} committed load(s) missing from tracecube.loads", missing.len());
+        tracing::info!(
+            "recording {} committed load(s) missing from tracecube.loads",
+            missing.len()
+        );
         missing.reverse();
         append_loads(warehouse, &missing).await?;
     }

@@ -48,7 +48,11 @@ impl Deriver {
     pub fn new(config: &Config) -> Result<Self, crate::config::ConfigError> {
         Ok(Deriver {
             tz: config.tz()?,
-            hourly_cost: config.hourly_cost.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            hourly_cost: config
+                .hourly_cost
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
             default_hourly_cost: config.default_hourly_cost,
             offsets: HashMap::new(),
         })
@@ -63,7 +67,9 @@ impl Deriver {
         *self.offsets.entry(quarter).or_insert_with(|| {
             let secs = quarter * 15 * 60;
             tz.offset_from_utc_datetime(
-                &chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default().naive_utc(),
+                &chrono::DateTime::from_timestamp(secs, 0)
+                    .unwrap_or_default()
+                    .naive_utc(),
             )
             .fix()
             .local_minus_utc()
@@ -105,7 +111,10 @@ impl Deriver {
             let local_date = date_of(local_day);
             life_stage.push(birth.is_valid(i).then(|| {
                 let age = whole_years(date_of(birth.value(i)), local_date);
-                LIFE_STAGES.iter().find(|(lo, _)| age >= *lo).map_or("<18", |(_, s)| s)
+                LIFE_STAGES
+                    .iter()
+                    .find(|(lo, _)| age >= *lo)
+                    .map_or("<18", |(_, s)| s)
             }));
             tenure.push(if since.is_valid(i) && since.value(i) <= local_day {
                 Some(whole_years(date_of(since.value(i)), local_date))
@@ -135,7 +144,11 @@ impl Deriver {
         }
         let not_null = |name: &str| -> ArrayRef {
             let a = col(name).as_boolean();
-            Arc::new(a.iter().map(|v| Some(v.unwrap_or(false))).collect::<BooleanArray>())
+            Arc::new(
+                a.iter()
+                    .map(|v| Some(v.unwrap_or(false)))
+                    .collect::<BooleanArray>(),
+            )
         };
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(28);
         for field in batch.schema().fields() {
@@ -145,7 +158,8 @@ impl Deriver {
                 name => col(name).clone(),
             });
         }
-        let utc_micros = |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"));
+        let utc_micros =
+            |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"));
         columns.extend([
             Arc::new(StringArray::from(life_stage)) as ArrayRef,
             Arc::new(Int32Array::from(tenure)),
@@ -160,7 +174,10 @@ impl Deriver {
     }
 
     fn hourly_cost_of(&self, channel: &str) -> f64 {
-        self.hourly_cost.get(channel).copied().unwrap_or(self.default_hourly_cost)
+        self.hourly_cost
+            .get(channel)
+            .copied()
+            .unwrap_or(self.default_hourly_cost)
     }
 }
 
@@ -196,7 +213,10 @@ mod tests {
 
     #[test]
     fn local_day_and_hour_follow_the_time_zone() {
-        let config = Config { time_zone: "Europe/Paris".into(), ..Default::default() };
+        let config = Config {
+            time_zone: "Europe/Paris".into(),
+            ..Default::default()
+        };
         let mut deriver = Deriver::new(&config).unwrap();
         // 2026-07-01T22:30:00Z is 00:30 on 2 July in Paris (UTC+2).
         let t = 1_782_945_000 * MICROS_PER_SECOND;

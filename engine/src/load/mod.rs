@@ -85,14 +85,22 @@ pub enum LoadError {
     BadUrl { url: String, message: String },
     #[error("no files found at {url}")]
     NoFiles { url: String },
-    #[error("cannot tell the format of {url}: name it with --format parquet|csv|ndjson (SQL: WITH (FORMAT …))")]
+    #[error(
+        "cannot tell the format of {url}: name it with --format parquet|csv|ndjson (SQL: WITH (FORMAT …))"
+    )]
     UnknownFormat { url: String },
     #[error("cannot read {source_url}: {message}")]
     Read { source_url: String, message: String },
     #[error("{source_url} lacks required column(s) {}", columns.join(", "))]
-    MissingColumns { source_url: String, columns: Vec<String> },
+    MissingColumns {
+        source_url: String,
+        columns: Vec<String>,
+    },
     #[error("{} bad row(s); the load was aborted and nothing was written (use --on-error quarantine to load the good rows):\n{}", count, listed(errors, *count))]
-    BadRows { count: u64, errors: Vec<SourceRowError> },
+    BadRows {
+        count: u64,
+        errors: Vec<SourceRowError>,
+    },
     #[error(transparent)]
     Warehouse(#[from] WarehouseError),
     #[error(transparent)]
@@ -156,7 +164,8 @@ impl LoadRecord {
                 self.bytes as f64 / 1e6,
                 secs,
                 self.rows_read as f64 / secs.max(1e-9),
-                self.traces_version.map_or("-".to_string(), |v| v.to_string()),
+                self.traces_version
+                    .map_or("-".to_string(), |v| v.to_string()),
             ),
         }
     }
@@ -176,12 +185,19 @@ pub struct Loader<'a> {
 impl<'a> Loader<'a> {
     /// A loader for `warehouse`.
     pub fn new(warehouse: &'a Warehouse) -> Self {
-        Loader { warehouse, ctx: SessionContext::new() }
+        Loader {
+            warehouse,
+            ctx: SessionContext::new(),
+        }
     }
 
     /// Load `urls` atomically: all their new rows are committed in one Delta commit, or
     /// none. A failed load is recorded in `tracecube.loads` with its error.
-    pub async fn load(&self, urls: &[String], options: &LoadOptions) -> Result<LoadRecord, LoadError> {
+    pub async fn load(
+        &self,
+        urls: &[String],
+        options: &LoadOptions,
+    ) -> Result<LoadRecord, LoadError> {
         let started_at = now_micros();
         let load_id = uuid::Uuid::now_v7().to_string();
         commit::reconcile_loads(self.warehouse, &self.ctx).await?;
@@ -204,7 +220,10 @@ impl<'a> Loader<'a> {
                 message: Some(e.to_string()),
             };
             if let Err(log_error) = commit::record_load(self.warehouse, &record).await {
-                tracing::warn!("could not record failed load {}: {log_error}", record.load_id);
+                tracing::warn!(
+                    "could not record failed load {}: {log_error}",
+                    record.load_id
+                );
             }
         }
         result
@@ -218,12 +237,18 @@ impl<'a> Loader<'a> {
         options: &LoadOptions,
     ) -> Result<LoadRecord, LoadError> {
         let files = source::resolve(&self.ctx, urls, options.format).await?;
-        let traces = self.warehouse.table(crate::warehouse::Table::Traces).await?;
+        let traces = self
+            .warehouse
+            .table(crate::warehouse::Table::Traces)
+            .await?;
         let mut fresh = Vec::new();
         let mut skipped = 0u64;
         for f in files {
             if commit::source_already_loaded(&traces, &f).await? {
-                tracing::info!("{} was already loaded (same URL, size and ETag): skipped", f.url);
+                tracing::info!(
+                    "{} was already loaded (same URL, size and ETag): skipped",
+                    f.url
+                );
                 skipped += 1;
             } else {
                 fresh.push(f);
@@ -261,10 +286,17 @@ impl<'a> Loader<'a> {
             let validator = Validator::new(&file.url);
             let (missing, extra) = validator.check_columns(&schema);
             if !missing.is_empty() {
-                return Err(LoadError::MissingColumns { source_url: file.url.clone(), columns: missing });
+                return Err(LoadError::MissingColumns {
+                    source_url: file.url.clone(),
+                    columns: missing,
+                });
             }
             if !extra.is_empty() {
-                tracing::warn!("{}: ignoring column(s) that are not trace columns: {}", file.url, extra.join(", "));
+                tracing::warn!(
+                    "{}: ignoring column(s) that are not trace columns: {}",
+                    file.url,
+                    extra.join(", ")
+                );
             }
             let mut next_row = 1u64;
             while let Some(batch) = stream.next().await {
@@ -272,12 +304,10 @@ impl<'a> Loader<'a> {
                 let validated = validator.validate(&batch, next_row);
                 next_row += batch.num_rows() as u64;
                 record.rows_read += batch.num_rows() as u64;
-                rejected.extend(
-                    validated
-                        .rejected
-                        .into_iter()
-                        .map(|error| SourceRowError { source_url: file.url.clone(), error }),
-                );
+                rejected.extend(validated.rejected.into_iter().map(|error| SourceRowError {
+                    source_url: file.url.clone(),
+                    error,
+                }));
                 // A failing load keeps reading to count bad rows but holds no good ones.
                 let failing = options.on_error == OnError::Fail && !rejected.is_empty();
                 if failing {
@@ -298,7 +328,10 @@ impl<'a> Loader<'a> {
             bar.abandon_with_message("aborted: bad rows");
             let count = rejected.len() as u64;
             rejected.truncate(MAX_LISTED_ERRORS);
-            return Err(LoadError::BadRows { count, errors: rejected });
+            return Err(LoadError::BadRows {
+                count,
+                errors: rejected,
+            });
         }
 
         bar.set_message("checking for contacts already stored");
@@ -310,7 +343,8 @@ impl<'a> Loader<'a> {
         if !rejected.is_empty() {
             commit::write_rejects(self.warehouse, load_id, &rejected).await?;
         }
-        let version = commit::commit_traces(self.warehouse, traces, batches, &fresh, &mut record).await?;
+        let version =
+            commit::commit_traces(self.warehouse, traces, batches, &fresh, &mut record).await?;
         record.traces_version = Some(version);
         record.finished_at = now_micros();
         commit::record_load(self.warehouse, &record).await?;
@@ -325,8 +359,10 @@ fn progress_bar(show: bool, bytes: u64) -> ProgressBar {
     }
     let bar = ProgressBar::new(bytes);
     bar.set_style(
-        ProgressStyle::with_template("loading {bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "loading {bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg}",
+        )
+        .expect("valid template"),
     );
     bar
 }
@@ -340,17 +376,30 @@ async fn drop_duplicates(
 ) -> Result<(Vec<RecordBatch>, u64), LoadError> {
     let mut days: Vec<i32> = batches
         .iter()
-        .flat_map(|b| b.column_by_name("day").expect("day").as_primitive::<Date32Type>().values().to_vec())
+        .flat_map(|b| {
+            b.column_by_name("day")
+                .expect("day")
+                .as_primitive::<Date32Type>()
+                .values()
+                .to_vec()
+        })
         .collect::<HashSet<i32>>()
         .into_iter()
         .collect();
     days.sort_unstable();
-    let mut seen: HashSet<(i32, String)> = commit::stored_contact_ids(ctx, warehouse, &days).await?;
+    let mut seen: HashSet<(i32, String)> =
+        commit::stored_contact_ids(ctx, warehouse, &days).await?;
     let mut dropped = 0u64;
     let mut out = Vec::with_capacity(batches.len());
     for batch in batches {
-        let ids = batch.column_by_name("contact_id").expect("contact_id").as_string::<i32>();
-        let day = batch.column_by_name("day").expect("day").as_primitive::<Date32Type>();
+        let ids = batch
+            .column_by_name("contact_id")
+            .expect("contact_id")
+            .as_string::<i32>();
+        let day = batch
+            .column_by_name("day")
+            .expect("day")
+            .as_primitive::<Date32Type>();
         let keep: BooleanArray = (0..batch.num_rows())
             .map(|i| Some(seen.insert((day.value(i), ids.value(i).to_string()))))
             .collect();

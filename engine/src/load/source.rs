@@ -72,14 +72,29 @@ impl SourceFile {
 
     /// The whole file's bytes.
     async fn fetch(&self) -> Result<bytes::Bytes, String> {
-        let get = self.store.get(&self.meta.location).await.map_err(|e| e.to_string())?;
+        let get = self
+            .store
+            .get(&self.meta.location)
+            .await
+            .map_err(|e| e.to_string())?;
         get.bytes().await.map_err(|e| e.to_string())
     }
 
     /// Read the file as batches; the schema is the file's own (text for CSV and NDJSON).
-    pub async fn read(&self) -> Result<(SchemaRef, BoxStream<'static, Result<RecordBatch, LoadError>>), LoadError> {
+    pub async fn read(
+        &self,
+    ) -> Result<
+        (
+            SchemaRef,
+            BoxStream<'static, Result<RecordBatch, LoadError>>,
+        ),
+        LoadError,
+    > {
         let url = self.url.clone();
-        let read_err = move |e: String| LoadError::Read { source_url: url.clone(), message: e };
+        let read_err = move |e: String| LoadError::Read {
+            source_url: url.clone(),
+            message: e,
+        };
         match self.format {
             Format::Parquet => {
                 let bytes = self.fetch().await.map_err(&read_err)?;
@@ -89,7 +104,10 @@ impl SourceFile {
                     .build()
                     .map_err(|e| read_err(e.to_string()))?;
                 let schema = datafusion::arrow::array::RecordBatchReader::schema(&reader);
-                let stream = futures::stream::iter(reader.map(move |b| b.map_err(|e| read_err(e.to_string())))).boxed();
+                let stream = futures::stream::iter(
+                    reader.map(move |b| b.map_err(|e| read_err(e.to_string()))),
+                )
+                .boxed();
                 Ok((schema, stream))
             }
             Format::Csv | Format::Ndjson => {
@@ -100,7 +118,10 @@ impl SourceFile {
                     read_ndjson(&bytes)
                 }
                 .map_err(&read_err)?;
-                Ok((schema, futures::stream::iter(batches.into_iter().map(Ok)).boxed()))
+                Ok((
+                    schema,
+                    futures::stream::iter(batches.into_iter().map(Ok)).boxed(),
+                ))
             }
         }
     }
@@ -109,7 +130,10 @@ impl SourceFile {
 /// All columns as nullable text: values are converted and checked by the validator.
 fn text_schema(names: impl IntoIterator<Item = String>) -> SchemaRef {
     Arc::new(Schema::new(
-        names.into_iter().map(|n| Field::new(n, DataType::Utf8, true)).collect::<Vec<_>>(),
+        names
+            .into_iter()
+            .map(|n| Field::new(n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
     ))
 }
 
@@ -128,7 +152,9 @@ fn read_csv(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
         .with_batch_size(BATCH_ROWS)
         .build(Cursor::new(bytes))
         .map_err(|e| e.to_string())?;
-    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     Ok((schema, batches))
 }
 
@@ -141,7 +167,9 @@ fn read_ndjson(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
         .with_batch_size(BATCH_ROWS)
         .build(Cursor::new(bytes))
         .map_err(|e| e.to_string())?;
-    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     Ok((schema, batches))
 }
 
@@ -158,22 +186,34 @@ pub async fn resolve(
             url: raw.clone(),
             message: e.to_string(),
         })?;
-        let store = ctx.runtime_env().object_store(url.object_store()).map_err(|e| {
-            LoadError::BadUrl { url: raw.clone(), message: e.to_string() }
-        })?;
+        let store = ctx
+            .runtime_env()
+            .object_store(url.object_store())
+            .map_err(|e| LoadError::BadUrl {
+                url: raw.clone(),
+                message: e.to_string(),
+            })?;
         let state = ctx.state();
         let mut metas: Vec<ObjectMeta> = url
             .list_all_files(&state, store.as_ref(), "")
             .await
-            .map_err(|e| LoadError::BadUrl { url: raw.clone(), message: e.to_string() })?
+            .map_err(|e| LoadError::BadUrl {
+                url: raw.clone(),
+                message: e.to_string(),
+            })?
             .try_collect()
             .await
-            .map_err(|e| LoadError::BadUrl { url: raw.clone(), message: e.to_string() })?;
+            .map_err(|e| LoadError::BadUrl {
+                url: raw.clone(),
+                message: e.to_string(),
+            })?;
         metas.sort_by(|a, b| a.location.cmp(&b.location));
         let before = files.len();
         let base = url.object_store();
         for meta in metas {
-            let file_format = match format.or_else(|| Format::from_extension(meta.location.as_ref())) {
+            let file_format = match format
+                .or_else(|| Format::from_extension(meta.location.as_ref()))
+            {
                 Some(f) => f,
                 // In a directory or glob, files of unknown formats are not sources.
                 None if url.is_collection() || url.as_str().contains(['*', '?', '[']) => continue,
@@ -182,7 +222,11 @@ pub async fn resolve(
                 }
             };
             files.push(SourceFile {
-                url: format!("{}{}", base.as_str().trim_end_matches('/'), absolute(&meta.location)),
+                url: format!(
+                    "{}{}",
+                    base.as_str().trim_end_matches('/'),
+                    absolute(&meta.location)
+                ),
                 store: store.clone(),
                 meta,
                 format: file_format,

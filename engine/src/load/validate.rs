@@ -6,16 +6,22 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch, StringBuilder, new_null_array,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch, StringBuilder,
+    new_null_array,
 };
 use datafusion::arrow::compute::{CastOptions, cast_with_options, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, Int16Type, Int32Type, SchemaRef};
+use datafusion::arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int16Type, Int32Type, Schema, SchemaRef,
+};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
 /// Columns a source must have.
-pub const REQUIRED_COLUMNS: [&str; 5] = ["contact_id", "customer_id", "ts", "channel", "declaration"];
+pub const REQUIRED_COLUMNS: [&str; 5] =
+    ["contact_id", "customer_id", "ts", "channel", "declaration"];
 /// Channels SPEC §1.2 names; others are accepted when they match the token pattern.
-pub const KNOWN_CHANNELS: [&str; 9] = ["phone", "email", "chat", "social", "mail", "store", "app", "web", "bot"];
+pub const KNOWN_CHANNELS: [&str; 9] = [
+    "phone", "email", "chat", "social", "mail", "store", "app", "web", "bot",
+];
 /// Contact categories (SPEC §1.2).
 pub const CATEGORIES: [&str; 4] = ["help", "selfcare", "avoidable", "mandatory"];
 /// Limits of a path (SPEC §1.1).
@@ -52,11 +58,17 @@ pub fn canonical_path(raw: &str) -> Result<String, String> {
         });
     }
     if segments.len() > MAX_PATH_SEGMENTS {
-        return Err(format!("{} segments, at most {MAX_PATH_SEGMENTS} allowed", segments.len()));
+        return Err(format!(
+            "{} segments, at most {MAX_PATH_SEGMENTS} allowed",
+            segments.len()
+        ));
     }
     let path = segments.join("/");
     if path.len() > MAX_PATH_BYTES {
-        return Err(format!("{} bytes, at most {MAX_PATH_BYTES} allowed", path.len()));
+        return Err(format!(
+            "{} bytes, at most {MAX_PATH_BYTES} allowed",
+            path.len()
+        ));
     }
     Ok(path)
 }
@@ -88,6 +100,8 @@ pub fn canonical_category(raw: &str) -> Result<String, String> {
 /// Validates batches from one source file against the input schema.
 pub struct Validator<'a> {
     target: SchemaRef,
+    /// The target schema with every column nullable.
+    staging: SchemaRef,
     source: &'a str,
     cast: CastOptions<'static>,
 }
@@ -95,10 +109,22 @@ pub struct Validator<'a> {
 impl<'a> Validator<'a> {
     /// A validator for rows of `source` (its URL, used in messages).
     pub fn new(source: &'a str) -> Self {
+        let target = tracecube_datasets::input_schema();
+        let staging = Arc::new(Schema::new(
+            target
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
         Validator {
-            target: tracecube_datasets::input_schema(),
+            target,
+            staging,
             source,
-            cast: CastOptions { safe: true, format_options: FormatOptions::default() },
+            cast: CastOptions {
+                safe: true,
+                format_options: FormatOptions::default(),
+            },
         }
     }
 
@@ -133,7 +159,11 @@ impl<'a> Validator<'a> {
                 Ok(c) => c,
                 Err(e) => {
                     // The whole column is of a type that cannot be converted.
-                    let reason = format!("cannot convert {} to {}: {e}", raw.data_type(), field.data_type());
+                    let reason = format!(
+                        "cannot convert {} to {}: {e}",
+                        raw.data_type(),
+                        field.data_type()
+                    );
                     for (i, slot) in errors.iter_mut().enumerate() {
                         if slot.is_none() {
                             *slot = Some((field.name().clone(), display(raw, i), reason.clone()));
@@ -162,7 +192,9 @@ impl<'a> Validator<'a> {
                     column = canonicalise_strings(&column, canonical_path, &mut check);
                 }
                 "channel" => column = canonicalise_strings(&column, canonical_channel, &mut check),
-                "category" => column = canonicalise_strings(&column, canonical_category, &mut check),
+                "category" => {
+                    column = canonicalise_strings(&column, canonical_category, &mut check)
+                }
                 "contact_id" | "customer_id" => {
                     let a = column.as_string::<i32>();
                     for i in 0..n {
@@ -180,7 +212,11 @@ impl<'a> Validator<'a> {
                     }
                 }
                 "csat" | "nps" => {
-                    let (lo, hi) = if field.name() == "csat" { (1, 5) } else { (0, 10) };
+                    let (lo, hi) = if field.name() == "csat" {
+                        (1, 5)
+                    } else {
+                        (0, 10)
+                    };
                     let a = column.as_primitive::<Int16Type>();
                     for i in 0..n {
                         if a.is_valid(i) && !(lo..=hi).contains(&a.value(i)) {
@@ -209,7 +245,11 @@ impl<'a> Validator<'a> {
             if !field.is_nullable() {
                 for i in 0..n {
                     if column.is_null(i) && errors[i].is_none() {
-                        errors[i] = Some((field.name().clone(), None, "required value is missing".into()));
+                        errors[i] = Some((
+                            field.name().clone(),
+                            None,
+                            "required value is missing".into(),
+                        ));
                     }
                 }
             }
@@ -229,14 +269,17 @@ impl<'a> Validator<'a> {
                 });
             }
         }
-        let canonical = RecordBatch::try_new(self.target.clone(), columns)
-            .expect("columns were cast to the input schema");
+        // Bad rows may hold NULLs in required columns until they are filtered out.
+        let staging = RecordBatch::try_new(self.staging.clone(), columns)
+            .expect("columns were cast to the input types");
         let good = if rejected.is_empty() {
-            canonical
+            staging
         } else {
-            filter_record_batch(&canonical, &BooleanArray::new(keep.finish(), None))
+            filter_record_batch(&staging, &BooleanArray::new(keep.finish(), None))
                 .expect("mask has one entry per row")
         };
+        let good = RecordBatch::try_new(self.target.clone(), good.columns().to_vec())
+            .expect("rows with a missing required value were rejected");
         Validated { good, rejected }
     }
 
@@ -312,18 +355,29 @@ fn record_json(batch: &RecordBatch, i: usize) -> String {
 mod tests {
     use super::*;
     use datafusion::arrow::array::{Int64Array, StringArray};
-    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::datatypes::Field;
 
     #[test]
     fn paths_are_trimmed_and_limits_enforced() {
-        assert_eq!(canonical_path(" Delivery / Tracking ").unwrap(), "Delivery/Tracking");
+        assert_eq!(
+            canonical_path(" Delivery / Tracking ").unwrap(),
+            "Delivery/Tracking"
+        );
         assert_eq!(canonical_path("A/B/C/D").unwrap(), "A/B/C/D");
-        assert!(canonical_path("A/B/C/D/E").unwrap_err().contains("5 segments"));
+        assert!(
+            canonical_path("A/B/C/D/E")
+                .unwrap_err()
+                .contains("5 segments")
+        );
         assert!(canonical_path("/A").is_err());
         assert!(canonical_path("A/").is_err());
         assert!(canonical_path("A//B").is_err());
         assert!(canonical_path("").unwrap_err().contains("empty path"));
-        assert!(canonical_path(&"x".repeat(201)).unwrap_err().contains("201 bytes"));
+        assert!(
+            canonical_path(&"x".repeat(201))
+                .unwrap_err()
+                .contains("201 bytes")
+        );
         assert_eq!(canonical_path("Case/Kept").unwrap(), "Case/Kept");
     }
 
@@ -337,28 +391,75 @@ mod tests {
     }
 
     fn text_batch(columns: &[(&str, Vec<Option<&str>>)]) -> RecordBatch {
-        let fields: Vec<Field> = columns.iter().map(|(n, _)| Field::new(*n, DataType::Utf8, true)).collect();
-        let arrays: Vec<ArrayRef> =
-            columns.iter().map(|(_, v)| Arc::new(StringArray::from(v.clone())) as ArrayRef).collect();
+        let fields: Vec<Field> = columns
+            .iter()
+            .map(|(n, _)| Field::new(*n, DataType::Utf8, true))
+            .collect();
+        let arrays: Vec<ArrayRef> = columns
+            .iter()
+            .map(|(_, v)| Arc::new(StringArray::from(v.clone())) as ArrayRef)
+            .collect();
         RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap()
     }
 
     #[test]
     fn bad_rows_name_row_column_and_value() {
         let batch = text_batch(&[
-            ("contact_id", vec![Some("c1"), Some("c2"), Some("c3"), Some("c4")]),
-            ("customer_id", vec![Some("u1"), Some("u1"), Some("u2"), Some("u3")]),
-            ("ts", vec![Some("2026-01-05T10:00:00Z"), Some("yesterday"), Some("2026-01-05 11:00:00"), Some("2026-01-05T10:00:00Z")]),
-            ("channel", vec![Some("Phone"), Some("chat"), Some("email"), Some("chat")]),
-            ("declaration", vec![Some(" Delivery / Late "), Some("A"), Some("A//B"), Some("A")]),
+            (
+                "contact_id",
+                vec![Some("c1"), Some("c2"), Some("c3"), Some("c4")],
+            ),
+            (
+                "customer_id",
+                vec![Some("u1"), Some("u1"), Some("u2"), Some("u3")],
+            ),
+            (
+                "ts",
+                vec![
+                    Some("2026-01-05T10:00:00Z"),
+                    Some("yesterday"),
+                    Some("2026-01-05 11:00:00"),
+                    Some("2026-01-05T10:00:00Z"),
+                ],
+            ),
+            (
+                "channel",
+                vec![Some("Phone"), Some("chat"), Some("email"), Some("chat")],
+            ),
+            (
+                "declaration",
+                vec![
+                    Some(" Delivery / Late "),
+                    Some("A"),
+                    Some("A//B"),
+                    Some("A"),
+                ],
+            ),
             ("csat", vec![None, None, None, Some("9")]),
         ]);
         let v = Validator::new("file:///x.csv").validate(&batch, 10);
         assert_eq!(v.good.num_rows(), 1);
-        let good_decl = v.good.column_by_name("declaration").unwrap().as_string::<i32>().value(0).to_string();
+        let good_decl = v
+            .good
+            .column_by_name("declaration")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0)
+            .to_string();
         assert_eq!(good_decl, "Delivery/Late");
-        assert_eq!(v.good.column_by_name("channel").unwrap().as_string::<i32>().value(0), "phone");
-        let rows: Vec<(u64, &str)> = v.rejected.iter().map(|e| (e.row, e.column.as_deref().unwrap())).collect();
+        assert_eq!(
+            v.good
+                .column_by_name("channel")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            "phone"
+        );
+        let rows: Vec<(u64, &str)> = v
+            .rejected
+            .iter()
+            .map(|e| (e.row, e.column.as_deref().unwrap()))
+            .collect();
         assert_eq!(rows, vec![(11, "ts"), (12, "declaration"), (13, "csat")]);
         assert_eq!(v.rejected[0].value.as_deref(), Some("yesterday"));
         assert_eq!(v.rejected[2].reason, "must be between 1 and 5");

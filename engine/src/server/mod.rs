@@ -10,8 +10,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
 use datafusion_postgres::DfSessionService;
-use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
 use datafusion_postgres::pgwire::api::auth::StartupHandler;
+use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
 use datafusion_postgres::pgwire::api::cancel::DefaultCancelHandler;
 use datafusion_postgres::pgwire::api::{ClientInfo, ConnectionManager, PgWireServerHandlers};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
@@ -41,12 +41,20 @@ struct StartupCheck {
 }
 
 fn fatal(code: &str, message: String) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new("FATAL".into(), code.into(), message)))
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".into(),
+        code.into(),
+        message,
+    )))
 }
 
 #[async_trait]
 impl StartupHandler for StartupCheck {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -62,11 +70,17 @@ impl StartupHandler for StartupCheck {
                     ),
                 ));
             }
-            let user = startup.parameters.get("user").map(String::as_str).unwrap_or("");
+            let user = startup
+                .parameters
+                .get("user")
+                .map(String::as_str)
+                .unwrap_or("");
             if user != DEFAULT_USER {
                 return Err(fatal(
                     "28000",
-                    format!("role \"{user}\" does not exist: with no users configured, connect as \"{DEFAULT_USER}\""),
+                    format!(
+                        "role \"{user}\" does not exist: with no users configured, connect as \"{DEFAULT_USER}\""
+                    ),
                 ));
             }
         }
@@ -81,11 +95,15 @@ struct Handlers {
 }
 
 impl PgWireServerHandlers for Handlers {
-    fn simple_query_handler(&self) -> Arc<impl datafusion_postgres::pgwire::api::query::SimpleQueryHandler> {
+    fn simple_query_handler(
+        &self,
+    ) -> Arc<impl datafusion_postgres::pgwire::api::query::SimpleQueryHandler> {
         self.session.clone()
     }
 
-    fn extended_query_handler(&self) -> Arc<impl datafusion_postgres::pgwire::api::query::ExtendedQueryHandler> {
+    fn extended_query_handler(
+        &self,
+    ) -> Arc<impl datafusion_postgres::pgwire::api::query::ExtendedQueryHandler> {
         self.session.clone()
     }
 
@@ -111,7 +129,11 @@ impl Server {
         let connections = Arc::new(ConnectionManager::new());
         let handlers = Arc::new(Handlers {
             session: Arc::new(DfSessionService::new(Arc::new(ctx))),
-            startup: Arc::new(StartupCheck { inner: LoopbackOnly { connections: connections.clone() } }),
+            startup: Arc::new(StartupCheck {
+                inner: LoopbackOnly {
+                    connections: connections.clone(),
+                },
+            }),
             cancel: Arc::new(DefaultCancelHandler::new(connections)),
         });
         Ok(Server { listener, handlers })
