@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,datafusion_postgres=warn,pgwire=warn".into()),
+                .unwrap_or_else(|_| "info,datafusion_postgres=warn,pgwire=warn,buoyant_kernel=off,delta_kernel=warn,deltalake_core=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

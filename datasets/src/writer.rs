@@ -49,6 +49,9 @@ impl GenSummary {
     }
 }
 
+/// A chunk written: its index, file and size in bytes.
+type WrittenChunk = (u64, PathBuf, u64);
+
 /// Parquet settings for generated files: zstd, dictionary pages, one row group per file.
 fn writer_properties(rows: u64) -> WriterProperties {
     WriterProperties::builder()
@@ -89,7 +92,7 @@ pub fn write_parquet(
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(chunks.max(1) as usize);
-    let results: Vec<Result<Vec<(u64, PathBuf, u64)>, GenError>> = std::thread::scope(|s| {
+    let results: Vec<Result<Vec<WrittenChunk>, GenError>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 s.spawn(|| {

@@ -77,11 +77,9 @@ async fn provider_of(
     table: Table,
     t: &deltalake::DeltaTable,
 ) -> Result<Arc<dyn TableProvider>, WarehouseError> {
-    t.table_provider().await.map_err(|e| WarehouseError::Delta {
-        table: table.dir().to_string(),
-        url: warehouse.table_url(table).to_string(),
-        source: e.into(),
-    })
+    t.table_provider()
+        .await
+        .map_err(|e| warehouse.delta_error(table)(e.into()))
 }
 
 #[async_trait]
@@ -128,22 +126,15 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
         .with_default_catalog_and_schema(CATALOG, "public")
         .with_create_default_catalog_and_schema(true);
     let ctx = SessionContext::new_with_config(config);
-    let df_err = |e: DataFusionError| WarehouseError::Delta {
-        table: "catalog".into(),
-        url: warehouse.root().to_string(),
-        source: e.into(),
-    };
     let traces = Arc::new(LiveTable::open(warehouse, Table::Traces).await?);
-    ctx.register_table("traces", traces).map_err(df_err)?;
+    ctx.register_table("traces", traces)?;
 
     let loads = Arc::new(LiveTable::open(warehouse, Table::Loads).await?);
     let system = Arc::new(MemorySchemaProvider::new());
     ctx.catalog(CATALOG)
         .expect("default catalog exists")
-        .register_schema(SYSTEM_SCHEMA, system)
-        .map_err(df_err)?;
-    ctx.register_table(format!("{SYSTEM_SCHEMA}.loads").as_str(), loads.clone())
-        .map_err(df_err)?;
+        .register_schema(SYSTEM_SCHEMA, system)?;
+    ctx.register_table(format!("{SYSTEM_SCHEMA}.loads").as_str(), loads.clone())?;
 
     // Rejected rows are visible once their load committed: a load stopped between writing
     // its rejects and committing its rows leaves nothing behind.
@@ -151,23 +142,18 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
     let committed = ctx
         .read_table(loads)
         .and_then(|df| df.filter(col("status").eq(datafusion::prelude::lit("committed"))))
-        .and_then(|df| df.select(vec![col("load_id").alias("committed_load_id")]))
-        .map_err(df_err)?;
-    let visible = ctx
-        .read_table(rejects)
-        .and_then(|df| {
-            df.join(
-                committed,
-                datafusion::common::JoinType::LeftSemi,
-                &["load_id"],
-                &["committed_load_id"],
-                None,
-            )
-        })
-        .map_err(df_err)?;
-    ctx.register_table("rejects", visible.into_view())
-        .map_err(df_err)?;
+        .and_then(|df| df.select(vec![col("load_id").alias("committed_load_id")]))?;
+    let visible = ctx.read_table(rejects).and_then(|df| {
+        df.join(
+            committed,
+            datafusion::common::JoinType::LeftSemi,
+            &["load_id"],
+            &["committed_load_id"],
+            None,
+        )
+    })?;
+    ctx.register_table("rejects", visible.into_view())?;
 
-    setup_pg_catalog(&ctx, CATALOG, EmptyContextProvider).map_err(|e| df_err(*e))?;
+    setup_pg_catalog(&ctx, CATALOG, EmptyContextProvider).map_err(WarehouseError::Session)?;
     Ok(ctx)
 }

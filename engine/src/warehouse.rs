@@ -24,10 +24,33 @@ pub enum WarehouseError {
     Delta {
         table: String,
         url: String,
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
+    #[error("cannot set up the SQL session: {0}")]
+    Session(Box<datafusion::error::DataFusionError>),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+}
+
+impl WarehouseError {
+    /// A Delta error on the table `table` at `url`.
+    pub fn delta(
+        table: Table,
+        url: impl std::fmt::Display,
+        source: impl Into<deltalake::DeltaTableError>,
+    ) -> Self {
+        WarehouseError::Delta {
+            table: table.dir().to_string(),
+            url: url.to_string(),
+            source: Box::new(source.into()),
+        }
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for WarehouseError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        WarehouseError::Session(Box::new(e))
+    }
 }
 
 /// The tables of a warehouse, by name.
@@ -110,15 +133,12 @@ impl Warehouse {
             .expect("table folder names are valid URL paths")
     }
 
-    fn delta_error(
+    /// Turns a Delta error on `table` into a warehouse error naming the table and its URL.
+    pub fn delta_error(
         &self,
         table: Table,
     ) -> impl Fn(deltalake::DeltaTableError) -> WarehouseError + '_ {
-        move |source| WarehouseError::Delta {
-            table: table.dir().to_string(),
-            url: self.table_url(table).to_string(),
-            source,
-        }
+        move |source| WarehouseError::delta(table, self.table_url(table), source)
     }
 
     /// Open `table` at its latest version.

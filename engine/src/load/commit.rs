@@ -2,15 +2,14 @@
 //! source identities as Delta transaction ids and the load record as commit metadata), and
 //! the `tracecube.loads` row.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt32Array,
 };
-use datafusion::arrow::compute::{
-    SortColumn, concat_batches, lexsort_to_indices, take_record_batch,
-};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::Date32Type;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
@@ -29,14 +28,8 @@ use crate::warehouse::{Table, Warehouse, WarehouseError};
 /// Key of the load record in a `traces` commit's metadata.
 const LOAD_METADATA_KEY: &str = "tracecube.load";
 
-fn delta_err(table: Table) -> impl Fn(deltalake::DeltaTableError) -> LoadError {
-    move |source| {
-        LoadError::Warehouse(WarehouseError::Delta {
-            table: table.dir().to_string(),
-            url: String::new(),
-            source,
-        })
-    }
+fn delta_err(table: Table, url: url::Url) -> impl Fn(deltalake::DeltaTableError) -> LoadError {
+    move |source| LoadError::Warehouse(WarehouseError::delta(table, &url, source))
 }
 
 /// Parquet settings of stored files: zstd, dictionary pages, statistics, large row groups.
@@ -61,18 +54,19 @@ pub async fn source_already_loaded(
     let version = snapshot
         .transaction_version(traces.log_store().as_ref(), file.identity())
         .await
-        .map_err(delta_err(Table::Traces))?;
+        .map_err(delta_err(Table::Traces, traces.table_url().clone()))?;
     Ok(version.is_some())
 }
 
-/// Contact ids already stored for days in `days` (sorted), with their day.
+/// `(day, contact_id)` of the rows already stored for days in `days` (sorted), as
+/// batches of a Date32 and a Utf8 column.
 pub async fn stored_contact_ids(
     ctx: &SessionContext,
     warehouse: &Warehouse,
     days: &[i32],
-) -> Result<HashSet<(i32, String)>, LoadError> {
+) -> Result<Vec<RecordBatch>, LoadError> {
     let (Some(first), Some(last)) = (days.first(), days.last()) else {
-        return Ok(HashSet::new());
+        return Ok(Vec::new());
     };
     let session = SessionContext::new_with_state(ctx.state());
     warehouse
@@ -84,16 +78,7 @@ pub async fn stored_contact_ids(
         date_string(*last)
     );
     let batches = session.sql(&sql).await?.collect().await?;
-    let mut ids = HashSet::new();
-    for b in batches {
-        let b = cast_strings(&b)?;
-        let day = b.column(0).as_primitive::<Date32Type>();
-        let id = b.column(1).as_string::<i32>();
-        for i in 0..b.num_rows() {
-            ids.insert((day.value(i), id.value(i).to_string()));
-        }
-    }
-    Ok(ids)
+    batches.iter().map(cast_strings).collect()
 }
 
 /// Cast string-view columns (as DataFusion reads them) to plain strings.
@@ -128,7 +113,7 @@ fn date_string(days: i32) -> String {
 /// Commit the new rows of a load, sorted by (day, channel, declaration), in one commit
 /// that also records the sources as loaded. Returns the new `traces` version.
 pub async fn commit_traces(
-    _warehouse: &Warehouse,
+    warehouse: &Warehouse,
     traces: DeltaTable,
     batches: Vec<RecordBatch>,
     sources: &[SourceFile],
@@ -139,15 +124,9 @@ pub async fn commit_traces(
     if !batches.is_empty() {
         let all = concat_batches(&schema, &batches)?;
         drop(batches);
-        let keys = ["day", "channel", "declaration"]
-            .iter()
-            .map(|c| SortColumn {
-                values: all.column_by_name(c).expect("sort column").clone(),
-                options: None,
-            })
-            .collect::<Vec<_>>();
-        let order = lexsort_to_indices(&keys, None)?;
+        let order = sort_order(&all);
         data.push(take_record_batch(&all, &order)?);
+        tracing::debug!("sorted {} rows", all.num_rows());
     }
     let metadata = serde_json::to_value(&*record).expect("load record serialises");
     let commit = CommitProperties::default()
@@ -160,7 +139,9 @@ pub async fn commit_traces(
         );
     if data.is_empty() {
         // Nothing new (every row was a duplicate): still record the sources as loaded.
-        let snapshot = traces.snapshot().map_err(delta_err(Table::Traces))?;
+        let snapshot = traces
+            .snapshot()
+            .map_err(delta_err(Table::Traces, warehouse.table_url(Table::Traces)))?;
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: Some(vec!["day".to_string()]),
@@ -169,7 +150,7 @@ pub async fn commit_traces(
         let done = CommitBuilder::from(commit)
             .build(Some(snapshot), traces.log_store(), operation)
             .await
-            .map_err(delta_err(Table::Traces))?;
+            .map_err(delta_err(Table::Traces, warehouse.table_url(Table::Traces)))?;
         return Ok(done.version() as i64);
     }
     let table = traces
@@ -179,8 +160,38 @@ pub async fn commit_traces(
         .with_writer_properties(writer_properties())
         .with_commit_properties(commit)
         .await
-        .map_err(delta_err(Table::Traces))?;
+        .map_err(delta_err(Table::Traces, warehouse.table_url(Table::Traces)))?;
     Ok(table.version().unwrap_or_default() as i64)
+}
+
+/// Row order (day, channel, declaration) of a `traces` batch. Channels and declarations
+/// repeat, so each distinct value is ranked once and rows are sorted on integer keys.
+fn sort_order(batch: &RecordBatch) -> UInt32Array {
+    let ranks = |name: &str| -> Vec<u32> {
+        let a = batch
+            .column_by_name(name)
+            .expect("sort column")
+            .as_string::<i32>();
+        let mut distinct: Vec<&str> = a
+            .iter()
+            .flatten()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        distinct.sort_unstable();
+        let rank: HashMap<&str, u32> = distinct.into_iter().zip(0..).collect();
+        a.iter().map(|v| v.map_or(0, |v| rank[v])).collect()
+    };
+    let day = batch
+        .column_by_name("day")
+        .expect("day")
+        .as_primitive::<Date32Type>();
+    let (channel, declaration) = (ranks("channel"), ranks("declaration"));
+    let mut keys: Vec<(i32, u32, u32, u32)> = (0..batch.num_rows())
+        .map(|i| (day.value(i), channel[i], declaration[i], i as u32))
+        .collect();
+    keys.sort_unstable();
+    keys.into_iter().map(|k| k.3).collect()
 }
 
 /// Store rejected rows in `rejects`, tagged with the load id.
@@ -219,7 +230,10 @@ pub async fn write_rejects(
         .write(vec![batch])
         .with_save_mode(SaveMode::Append)
         .await
-        .map_err(delta_err(Table::Rejects))?;
+        .map_err(delta_err(
+            Table::Rejects,
+            warehouse.table_url(Table::Rejects),
+        ))?;
     Ok(())
 }
 
@@ -271,7 +285,7 @@ async fn append_loads(warehouse: &Warehouse, records: &[LoadRecord]) -> Result<(
         .write(vec![loads_batch(records)?])
         .with_save_mode(SaveMode::Append)
         .await
-        .map_err(delta_err(Table::Loads))?;
+        .map_err(delta_err(Table::Loads, warehouse.table_url(Table::Loads)))?;
     Ok(())
 }
 
@@ -286,7 +300,7 @@ pub async fn reconcile_loads(warehouse: &Warehouse, ctx: &SessionContext) -> Res
         .history(Some(50))
         .try_collect()
         .await
-        .map_err(delta_err(Table::Traces))?;
+        .map_err(delta_err(Table::Traces, warehouse.table_url(Table::Traces)))?;
     let session = SessionContext::new_with_state(ctx.state());
     warehouse.register(&session, "loads", Table::Loads).await?;
     let known: HashSet<String> = session

@@ -334,9 +334,15 @@ impl<'a> Loader<'a> {
             });
         }
 
+        tracing::debug!(
+            "read, validated and derived {} rows in {:?}",
+            record.rows_read,
+            started.elapsed()
+        );
         bar.set_message("checking for contacts already stored");
         let (batches, duplicates) = drop_duplicates(&self.ctx, self.warehouse, batches).await?;
         record.rows_duplicate = duplicates;
+        tracing::debug!("duplicate check done at {:?}", started.elapsed());
         record.rows_loaded = batches.iter().map(|b| b.num_rows() as u64).sum();
         record.status = "committed".into();
         bar.set_message(format!("writing {} rows", record.rows_loaded));
@@ -346,6 +352,10 @@ impl<'a> Loader<'a> {
         let version =
             commit::commit_traces(self.warehouse, traces, batches, &fresh, &mut record).await?;
         record.traces_version = Some(version);
+        tracing::debug!(
+            "committed traces version {version} at {:?}",
+            started.elapsed()
+        );
         record.finished_at = now_micros();
         commit::record_load(self.warehouse, &record).await?;
         bar.finish_and_clear();
@@ -374,35 +384,58 @@ async fn drop_duplicates(
     warehouse: &Warehouse,
     batches: Vec<RecordBatch>,
 ) -> Result<(Vec<RecordBatch>, u64), LoadError> {
+    let day_of = |b: &RecordBatch| {
+        b.column_by_name("day")
+            .expect("day")
+            .as_primitive::<Date32Type>()
+            .clone()
+    };
+    let id_of = |b: &RecordBatch| {
+        b.column_by_name("contact_id")
+            .expect("contact_id")
+            .as_string::<i32>()
+            .clone()
+    };
     let mut days: Vec<i32> = batches
         .iter()
-        .flat_map(|b| {
-            b.column_by_name("day")
-                .expect("day")
-                .as_primitive::<Date32Type>()
-                .values()
-                .to_vec()
-        })
+        .flat_map(|b| day_of(b).values().to_vec())
         .collect::<HashSet<i32>>()
         .into_iter()
         .collect();
     days.sort_unstable();
-    let mut seen: HashSet<(i32, String)> =
-        commit::stored_contact_ids(ctx, warehouse, &days).await?;
+    let stored = commit::stored_contact_ids(ctx, warehouse, &days).await?;
+    // Keys borrow the ids from the batches, which outlive the set.
+    let stored_columns: Vec<_> = stored
+        .iter()
+        .map(|b| {
+            (
+                b.column(0).as_primitive::<Date32Type>().clone(),
+                b.column(1).as_string::<i32>().clone(),
+            )
+        })
+        .collect();
+    let new_columns: Vec<_> = batches.iter().map(|b| (day_of(b), id_of(b))).collect();
+    let mut seen: HashSet<(i32, &str)> = HashSet::new();
+    for (day, id) in &stored_columns {
+        seen.extend(
+            day.values()
+                .iter()
+                .copied()
+                .zip(id.iter().map(|v| v.unwrap_or(""))),
+        );
+    }
+    let masks: Vec<BooleanArray> = new_columns
+        .iter()
+        .map(|(day, id)| {
+            (0..id.len())
+                .map(|i| Some(seen.insert((day.value(i), id.value(i)))))
+                .collect()
+        })
+        .collect();
+    drop(seen);
     let mut dropped = 0u64;
     let mut out = Vec::with_capacity(batches.len());
-    for batch in batches {
-        let ids = batch
-            .column_by_name("contact_id")
-            .expect("contact_id")
-            .as_string::<i32>();
-        let day = batch
-            .column_by_name("day")
-            .expect("day")
-            .as_primitive::<Date32Type>();
-        let keep: BooleanArray = (0..batch.num_rows())
-            .map(|i| Some(seen.insert((day.value(i), ids.value(i).to_string()))))
-            .collect();
+    for (batch, keep) in batches.into_iter().zip(masks) {
         let kept = keep.true_count();
         dropped += (batch.num_rows() - kept) as u64;
         if kept == batch.num_rows() {
@@ -410,7 +443,6 @@ async fn drop_duplicates(
         } else if kept > 0 {
             out.push(filter_record_batch(&batch, &keep)?);
         }
-        debug_assert!(keep.null_count() == 0);
     }
     Ok((out, dropped))
 }

@@ -173,9 +173,9 @@ impl<'a> Validator<'a> {
                     continue;
                 }
             };
-            for i in 0..n {
-                if raw.is_valid(i) && column.is_null(i) && errors[i].is_none() {
-                    errors[i] = Some((
+            for (i, slot) in errors.iter_mut().enumerate() {
+                if raw.is_valid(i) && column.is_null(i) && slot.is_none() {
+                    *slot = Some((
                         field.name().clone(),
                         display(raw, i),
                         format!("not a valid {}", type_name(field.data_type())),
@@ -243,9 +243,9 @@ impl<'a> Validator<'a> {
                 _ => {}
             }
             if !field.is_nullable() {
-                for i in 0..n {
-                    if column.is_null(i) && errors[i].is_none() {
-                        errors[i] = Some((
+                for (i, slot) in errors.iter_mut().enumerate() {
+                    if column.is_null(i) && slot.is_none() {
+                        *slot = Some((
                             field.name().clone(),
                             None,
                             "required value is missing".into(),
