@@ -10,15 +10,20 @@ use crate::demo;
 use crate::load::{LoadOptions, LoadRecord, Loader};
 use crate::server::Server;
 use crate::warehouse::Warehouse;
+use datafusion::prelude::SessionContext;
 
 /// Errors of a command, with the message to show.
 pub type AppError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Open the warehouse, fill it with the demo data set if it is empty and `config.demo` is
-/// set, and bind the PostgreSQL server (not yet accepting).
-pub async fn prepare_server(config: Config, progress: bool) -> Result<Server, AppError> {
+/// Bind the PostgreSQL address, open the warehouse, fill it with the demo data set if it
+/// is empty and `config.demo` is set, and build the SQL session: a server ready to accept.
+pub async fn prepare_server(
+    config: Config,
+    progress: bool,
+) -> Result<(Server, SessionContext), AppError> {
     let started = Instant::now();
     let listen: SocketAddr = config.listen.parse()?;
+    let server = Server::bind(listen).await?;
     let demo = config.demo;
     let warehouse = Warehouse::open(config).await?;
     tracing::info!("warehouse at {}", warehouse.root());
@@ -31,7 +36,6 @@ pub async fn prepare_server(config: Config, progress: bool) -> Result<Server, Ap
         tracing::info!("{}", record.summary_line());
     }
     let ctx = catalog::session(&warehouse).await?;
-    let server = Server::bind(ctx, listen).await?;
     tracing::info!(
         "ready in {:.2} s: PostgreSQL clients can connect to {} (e.g. psql -h {} -p {} -U tracecube)",
         started.elapsed().as_secs_f64(),
@@ -39,13 +43,13 @@ pub async fn prepare_server(config: Config, progress: bool) -> Result<Server, Ap
         server.local_addr()?.ip(),
         server.local_addr()?.port()
     );
-    Ok(server)
+    Ok((server, ctx))
 }
 
 /// `tracecube serve`: serve until `shutdown` completes.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-    let server = prepare_server(config, true).await?;
-    server.run_until(shutdown).await?;
+    let (server, ctx) = prepare_server(config, true).await?;
+    server.run_until(ctx, shutdown).await?;
     Ok(())
 }
 

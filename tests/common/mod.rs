@@ -123,14 +123,14 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: Config) -> Self {
-        let server = tracecube_engine::app::prepare_server(config, false)
+        let (server, ctx) = tracecube_engine::app::prepare_server(config, false)
             .await
             .unwrap();
         let port = server.local_addr().unwrap().port();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
             server
-                .run_until(async {
+                .run_until(ctx, async {
                     let _ = stopped.await;
                 })
                 .await

@@ -116,16 +116,37 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
-/// A bound PostgreSQL server, not yet accepting.
+/// A bound PostgreSQL listener, not yet accepting.
 pub struct Server {
     listener: TcpListener,
-    handlers: Arc<Handlers>,
 }
 
 impl Server {
-    /// Bind `addr` (port 0 picks a free port) to serve `ctx`.
-    pub async fn bind(ctx: SessionContext, addr: SocketAddr) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(addr).await?;
+    /// Bind `addr` (port 0 picks a free port).
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot listen on {addr}: {e} (is another server running there? choose another address with --listen)"
+                ),
+            )
+        })?;
+        Ok(Server { listener })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serve `ctx` to clients until `shutdown` completes, then stop accepting and end the
+    /// sessions.
+    pub async fn run_until(
+        self,
+        ctx: SessionContext,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let connections = Arc::new(ConnectionManager::new());
         let handlers = Arc::new(Handlers {
             session: Arc::new(DfSessionService::new(Arc::new(ctx))),
@@ -136,16 +157,6 @@ impl Server {
             }),
             cancel: Arc::new(DefaultCancelHandler::new(connections)),
         });
-        Ok(Server { listener, handlers })
-    }
-
-    /// The address actually bound.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Accept clients until `shutdown` completes, then stop accepting and end the sessions.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let mut sessions = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -153,7 +164,7 @@ impl Server {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((socket, peer)) => {
-                        let handlers = self.handlers.clone();
+                        let handlers = handlers.clone();
                         sessions.spawn(async move {
                             if let Err(e) = process_socket(socket, None, handlers).await {
                                 tracing::debug!("session from {peer} ended with an error: {e}");
