@@ -230,3 +230,25 @@ async fn load_killed_mid_way_leaves_the_table_as_before_or_after() {
         .await;
     assert_eq!(distinct[0][0], "302000");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ndjson_sources_load_like_csv() {
+    let wh = TestWarehouse::new().await;
+    let path = wh.path("traces.ndjson");
+    std::fs::write(
+        &path,
+        concat!(
+            "{\"contact_id\":\"j1\",\"customer_id\":\"u1\",\"ts\":\"2026-03-02T09:15:00Z\",\"channel\":\"phone\",\"declaration\":\"A/B\",\"handle_s\":360,\"csat\":4}\n",
+            "{\"contact_id\":\"j2\",\"customer_id\":\"u2\",\"ts\":\"2026-03-02T09:16:00Z\",\"channel\":\"app\",\"declaration\":\"A/C\",\"resolved\":true,\"sentiment\":0.5}\n",
+        ),
+    )
+    .unwrap();
+    let record = wh.load(&[&path], LoadOptions::default()).await.unwrap();
+    assert_eq!(record.rows_loaded, 2);
+    let rows = wh
+        .query("SELECT contact_id, cost, pain, resolved FROM traces ORDER BY contact_id")
+        .await;
+    // 360 s of phone at 45/h = 4.5; csat 4 ⇒ pain 1.25. sentiment 0.5 ⇒ pain 1.25.
+    assert_eq!(rows[0], ["j1", "4.5", "1.25", "false"]);
+    assert_eq!(rows[1], ["j2", "0.0", "1.25", "true"]);
+}

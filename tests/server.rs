@@ -198,3 +198,40 @@ async fn only_the_tracecube_user_may_connect_without_configured_users() {
     assert_eq!(rows[0].get::<_, i64>(0), 0);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sees_a_load_committed_by_another_loader() {
+    let wh = TestWarehouse::new().await;
+    let server = TestServer::start(wh.config()).await;
+    let client = server.connect().await;
+    let before: i64 = client
+        .query_one("SELECT count(*) FROM traces", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(before, 0);
+    // A second warehouse handle, as another process would have, loads new traces.
+    let other = tracecube_engine::Warehouse::open(wh.config())
+        .await
+        .unwrap();
+    let src = wh.generate("later", 3_000, 5);
+    tracecube_engine::load::Loader::new(&other)
+        .load(&[src.display().to_string()], &Default::default())
+        .await
+        .unwrap();
+    // Tables are re-checked for new versions at most once a second.
+    let mut seen: i64 = 0;
+    for _ in 0..50 {
+        seen = client
+            .query_one("SELECT count(*) FROM traces", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if seen == 3_000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(seen, 3_000);
+    server.stop().await;
+}
