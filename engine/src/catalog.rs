@@ -28,47 +28,61 @@ pub const SYSTEM_SCHEMA: &str = "tracecube";
 const FRESHNESS: Duration = Duration::from_secs(1);
 
 /// A warehouse Delta table that follows new commits (from this or another process):
-/// each scan checks, at most once per second, for a newer version.
+/// each scan checks, at most once per second, whether the log has a newer version, and
+/// only then replays the new commits.
 #[derive(Debug)]
 pub struct LiveTable {
     warehouse: Warehouse,
     table: Table,
     schema: SchemaRef,
-    current: Mutex<(Instant, Option<u64>, Arc<dyn TableProvider>)>,
+    current: Mutex<Current>,
+}
+
+/// The snapshot a [`LiveTable`] serves and when it was last checked.
+#[derive(Debug)]
+struct Current {
+    checked: Instant,
+    delta: deltalake::DeltaTable,
+    provider: Arc<dyn TableProvider>,
 }
 
 impl LiveTable {
     /// Open `table` of `warehouse` at its latest version.
     pub async fn open(warehouse: &Warehouse, table: Table) -> Result<Self, WarehouseError> {
-        let t = warehouse.table(table).await?;
-        let version = t.version();
-        let provider = provider_of(warehouse, table, &t).await?;
+        let delta = warehouse.table(table).await?;
+        let provider = provider_of(warehouse, table, &delta).await?;
         Ok(LiveTable {
             warehouse: warehouse.clone(),
             table,
             schema: provider.schema(),
-            current: Mutex::new((Instant::now(), version, provider)),
+            current: Mutex::new(Current {
+                checked: Instant::now(),
+                delta,
+                provider,
+            }),
         })
     }
 
     async fn provider(&self) -> Result<Arc<dyn TableProvider>> {
         let mut current = self.current.lock().await;
-        if current.0.elapsed() >= FRESHNESS {
-            let t = self
-                .warehouse
-                .table(self.table)
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            if t.version() != current.1 {
-                let provider = provider_of(&self.warehouse, self.table, &t)
+        if current.checked.elapsed() >= FRESHNESS {
+            let external = |e: deltalake::DeltaTableError| {
+                DataFusionError::External(Box::new(self.warehouse.delta_error(self.table)(e)))
+            };
+            let latest = current.delta.get_latest_version().await.map_err(external)?;
+            if current.delta.version() != Some(latest) {
+                current
+                    .delta
+                    .update_incremental(None)
+                    .await
+                    .map_err(external)?;
+                current.provider = provider_of(&self.warehouse, self.table, &current.delta)
                     .await
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                current.1 = t.version();
-                current.2 = provider;
             }
-            current.0 = Instant::now();
+            current.checked = Instant::now();
         }
-        Ok(current.2.clone())
+        Ok(current.provider.clone())
     }
 }
 
