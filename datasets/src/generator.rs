@@ -260,8 +260,11 @@ impl Generator {
             }
         }
         contacts.truncate(target);
-        contacts.sort_unstable_by_key(|c| (c.ts, c.seq));
-        self.to_batch(index, &contacts, &customers)
+        // Sort small keys, not the contacts themselves.
+        let mut order: Vec<(i64, u32)> = contacts.iter().map(|c| (c.ts, c.seq)).collect();
+        order.sort_unstable();
+        let by_time = order.iter().map(|&(_, seq)| &contacts[seq as usize]);
+        self.to_batch(index, by_time, contacts.len(), &customers)
     }
 
     fn customer(&self, rng: &mut Xoshiro256PlusPlus) -> Customer {
@@ -459,8 +462,13 @@ impl Generator {
         days_since_epoch(self.opts.start) as i64 * SECONDS_PER_DAY * MICROS_PER_SECOND
     }
 
-    fn to_batch(&self, chunk: u64, contacts: &[Contact], customers: &[Customer]) -> RecordBatch {
-        let n = contacts.len();
+    fn to_batch<'c>(
+        &self,
+        chunk: u64,
+        contacts: impl Iterator<Item = &'c Contact>,
+        n: usize,
+        customers: &[Customer],
+    ) -> RecordBatch {
         let tax = &self.model.taxonomy;
         let mut contact_id = StringBuilder::with_capacity(n, n * 16);
         let mut customer_id = StringBuilder::with_capacity(n, n * 16);
@@ -485,18 +493,17 @@ impl Generator {
         let id_key = mix(self.opts.seed, u64::MAX);
         let customer_key = mix(self.opts.seed, u64::MAX - 1);
         let mut buf = String::with_capacity(32);
-        for (i, c) in contacts.iter().enumerate() {
+        for (i, c) in contacts.enumerate() {
             use std::fmt::Write;
-            buf.clear();
-            let _ = write!(
-                buf,
-                "{:016x}",
-                splitmix64(id_key ^ ((chunk << 32) | i as u64))
-            );
-            contact_id.append_value(&buf);
-            buf.clear();
+            let mut hex = [0u8; 16];
+            let id = splitmix64(id_key ^ ((chunk << 32) | i as u64));
+            contact_id.append_value(hex16(&mut hex, id));
             let key = customer_key ^ ((chunk << 32) | c.customer as u64);
-            let _ = write!(buf, "cu-{:012x}", splitmix64(key) >> 16);
+            let mut customer = [0u8; 16];
+            hex16(&mut customer, splitmix64(key));
+            buf.clear();
+            buf.push_str("cu-");
+            buf.push_str(std::str::from_utf8(&customer[..12]).expect("hex digits are ASCII"));
             customer_id.append_value(&buf);
             ts.append_value(c.ts);
             channel.append_value(CHANNELS[c.channel as usize]);
@@ -602,6 +609,15 @@ pub fn generate_chunk(opts: &GenOptions, index: u64) -> RecordBatch {
 
 fn days_since_epoch(d: NaiveDate) -> i32 {
     d.num_days_from_ce() - UNIX_EPOCH_CE_DAYS
+}
+
+/// Write `v` as 16 lower-case hex digits into `out`.
+fn hex16(out: &mut [u8; 16], v: u64) -> &str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = DIGITS[((v >> (60 - 4 * i)) & 0xF) as usize];
+    }
+    std::str::from_utf8(out).expect("hex digits are ASCII")
 }
 
 /// A bijective 64-bit mixer (SplitMix64's finaliser): distinct inputs give distinct outputs.
