@@ -167,6 +167,10 @@ pub struct Generator {
     gap_hours: LogNormal<f64>,
     /// Qualification given to many contacts that follow an unresolved one.
     prior_failure: u16,
+    /// Customers' ages at the start of the period.
+    ages: Normal<f64>,
+    /// Sentiment of a resolved and of an unresolved contact.
+    sentiments: [Normal<f64>; 2],
 }
 
 impl Generator {
@@ -210,8 +214,11 @@ impl Generator {
             &model.taxonomy.qualification,
             "Service handling/Prior contact failure/Previous contact unresolved",
         );
+        let normal = |mean, sd| Normal::new(mean, sd).expect("valid normal");
         Generator {
             prior_failure,
+            ages: normal(43.0, 14.0),
+            sentiments: [normal(0.35, 0.35), normal(-0.3, 0.4)],
             waits: model::WAIT
                 .iter()
                 .map(|w| w.map(|(m, s)| lognormal(m, s)))
@@ -270,10 +277,7 @@ impl Generator {
     fn customer(&self, rng: &mut Xoshiro256PlusPlus) -> Customer {
         let start = days_since_epoch(self.opts.start);
         let birth = rng.random_bool(0.88).then(|| {
-            let age = Normal::<f64>::new(43.0, 14.0)
-                .expect("valid normal")
-                .sample(rng)
-                .clamp(18.0, 85.0);
+            let age = self.ages.sample(rng).clamp(18.0, 85.0);
             start - (age * 365.25) as i32 - rng.random_range(0..365)
         });
         let since = rng.random_bool(0.93).then(|| {
@@ -428,11 +432,8 @@ impl Generator {
         let csat = (surveyed && rng.random_bool(0.072)).then(|| survey(rng, resolved, &CSAT));
         let nps = (surveyed && rng.random_bool(0.052)).then(|| survey(rng, resolved, &NPS));
         let sentiment = rng.random_bool(0.95).then(|| {
-            let (mean, sd) = if resolved { (0.35, 0.35) } else { (-0.3, 0.4) };
-            Normal::<f64>::new(mean, sd)
-                .expect("valid normal")
-                .sample(rng)
-                .clamp(-1.0, 1.0) as f32
+            let sentiment = &self.sentiments[usize::from(!resolved)];
+            sentiment.sample(rng).clamp(-1.0, 1.0) as f32
         });
         let agent = (!self_service && !abandoned).then(|| rng.random_range(0..AGENTS));
         let ts = self.period_start_micros()

@@ -491,14 +491,13 @@ impl Model {
             for (node, x) in weights {
                 let under = Taxonomy::leaves_under(leaves, node);
                 assert!(!under.is_empty(), "rule names unknown node {node}");
+                let share = (1.0 - NOISE) * x / total / under.len() as f64;
                 for leaf in under {
                     let i = leaves
                         .iter()
                         .position(|l| l == leaf)
                         .expect("leaf of taxonomy");
-                    w[i] += (1.0 - NOISE) * x
-                        / total
-                        / (Taxonomy::leaves_under(leaves, node).len() as f64);
+                    w[i] += share;
                 }
             }
             WeightedIndex::new(w).expect("positive weights")

@@ -140,6 +140,26 @@ pub struct LoadRecord {
 }
 
 impl LoadRecord {
+    /// A record of a load of `sources` with nothing counted yet.
+    fn new(load_id: &str, started_at: i64, status: &str, sources: Vec<String>) -> Self {
+        LoadRecord {
+            load_id: load_id.to_string(),
+            started_at,
+            finished_at: started_at,
+            status: status.to_string(),
+            sources,
+            files: 0,
+            files_skipped: 0,
+            bytes: 0,
+            rows_read: 0,
+            rows_loaded: 0,
+            rows_duplicate: 0,
+            rows_rejected: 0,
+            traces_version: None,
+            message: None,
+        }
+    }
+
     /// Wall-clock time the load took.
     pub fn elapsed(&self) -> Duration {
         Duration::from_micros((self.finished_at - self.started_at).max(0) as u64)
@@ -203,22 +223,9 @@ impl<'a> Loader<'a> {
         commit::reconcile_loads(self.warehouse, &self.ctx).await?;
         let result = self.run(&load_id, started_at, urls, options).await;
         if let Err(e) = &result {
-            let record = LoadRecord {
-                load_id,
-                started_at,
-                finished_at: now_micros(),
-                status: "failed".into(),
-                sources: urls.to_vec(),
-                files: 0,
-                files_skipped: 0,
-                bytes: 0,
-                rows_read: 0,
-                rows_loaded: 0,
-                rows_duplicate: 0,
-                rows_rejected: 0,
-                traces_version: None,
-                message: Some(e.to_string()),
-            };
+            let mut record = LoadRecord::new(&load_id, started_at, "failed", urls.to_vec());
+            record.finished_at = now_micros();
+            record.message = Some(e.to_string());
             if let Err(log_error) = commit::record_load(self.warehouse, &record).await {
                 tracing::warn!(
                     "could not record failed load {}: {log_error}",
@@ -254,22 +261,12 @@ impl<'a> Loader<'a> {
                 fresh.push(f);
             }
         }
-        let mut record = LoadRecord {
-            load_id: load_id.to_string(),
-            started_at,
-            finished_at: started_at,
-            status: "no-op".into(),
-            sources: fresh.iter().map(|f| f.url.clone()).collect(),
-            files: fresh.len() as u64,
-            files_skipped: skipped,
-            bytes: fresh.iter().map(|f| f.meta.size).sum(),
-            rows_read: 0,
-            rows_loaded: 0,
-            rows_duplicate: 0,
-            rows_rejected: 0,
-            traces_version: traces.version().map(|v| v as i64),
-            message: None,
-        };
+        let sources = fresh.iter().map(|f| f.url.clone()).collect();
+        let mut record = LoadRecord::new(load_id, started_at, "no-op", sources);
+        record.files = fresh.len() as u64;
+        record.files_skipped = skipped;
+        record.bytes = fresh.iter().map(|f| f.meta.size).sum();
+        record.traces_version = traces.version().map(|v| v as i64);
         if fresh.is_empty() {
             record.finished_at = now_micros();
             commit::record_load(self.warehouse, &record).await?;
@@ -281,9 +278,9 @@ impl<'a> Loader<'a> {
         let mut batches = Vec::new();
         let mut rejected: Vec<SourceRowError> = Vec::new();
         let started = Instant::now();
+        let validator = Validator::new();
         for file in &fresh {
             let (schema, mut stream) = file.read().await?;
-            let validator = Validator::new(&file.url);
             let (missing, extra) = validator.check_columns(&schema);
             if !missing.is_empty() {
                 return Err(LoadError::MissingColumns {

@@ -97,18 +97,23 @@ pub fn canonical_category(raw: &str) -> Result<String, String> {
     }
 }
 
-/// Validates batches from one source file against the input schema.
-pub struct Validator<'a> {
+/// Validates source batches against the input schema.
+pub struct Validator {
     target: SchemaRef,
     /// The target schema with every column nullable.
     staging: SchemaRef,
-    source: &'a str,
     cast: CastOptions<'static>,
 }
 
-impl<'a> Validator<'a> {
-    /// A validator for rows of `source` (its URL, used in messages).
-    pub fn new(source: &'a str) -> Self {
+impl Default for Validator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Validator {
+    /// A validator for the input schema of SPEC §2.1.
+    pub fn new() -> Self {
         let target = tracecube_datasets::input_schema();
         let staging = Arc::new(Schema::new(
             target
@@ -120,7 +125,6 @@ impl<'a> Validator<'a> {
         Validator {
             target,
             staging,
-            source,
             cast: CastOptions {
                 safe: true,
                 format_options: FormatOptions::default(),
@@ -282,11 +286,6 @@ impl<'a> Validator<'a> {
             .expect("rows with a missing required value were rejected");
         Validated { good, rejected }
     }
-
-    /// The source this validator reports.
-    pub fn source(&self) -> &str {
-        self.source
-    }
 }
 
 /// Apply `canon` once per distinct value of a string column (paths and tokens repeat).
@@ -437,7 +436,7 @@ mod tests {
             ),
             ("csat", vec![None, None, None, Some("9")]),
         ]);
-        let v = Validator::new("file:///x.csv").validate(&batch, 10);
+        let v = Validator::new().validate(&batch, 10);
         assert_eq!(v.good.num_rows(), 1);
         let good_decl = v
             .good
@@ -472,7 +471,7 @@ mod tests {
             Field::new("contact_id", DataType::Utf8, true),
             Field::new("colour", DataType::Int64, true),
         ]));
-        let (missing, extra) = Validator::new("x").check_columns(&schema);
+        let (missing, extra) = Validator::new().check_columns(&schema);
         assert_eq!(missing, vec!["customer_id", "ts", "channel", "declaration"]);
         assert_eq!(extra, vec!["colour"]);
         let _ = Int64Array::from(vec![1]);
