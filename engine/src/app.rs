@@ -34,6 +34,7 @@ pub async fn prepare_server(
         );
         let record = demo::load_demo(&warehouse, demo::DEMO_ROWS, progress).await?;
         tracing::info!("{}", record.summary_line());
+        demo::seed_weights(&warehouse).await?;
     }
     let ctx = catalog::session(&warehouse).await?;
     tracing::info!(

@@ -18,7 +18,10 @@ use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContex
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use tokio::sync::Mutex;
 
+use crate::journeys;
 use crate::warehouse::{Table, Warehouse, WarehouseError};
+use crate::weights::WeightsTable;
+use tracecube_udfs::{Functions, SlaTable, WeightsHandle};
 
 /// Name of the catalog (the PostgreSQL database clients connect to).
 pub const CATALOG: &str = "tracecube";
@@ -132,8 +135,8 @@ impl TableProvider for LiveTable {
     }
 }
 
-/// A session over `warehouse`: `traces`, `rejects`, `tracecube.loads`, pg_catalog and
-/// information_schema.
+/// A session over `warehouse`: `traces`, `rejects`, `impact_weights`, the journey
+/// views, `tracecube.loads`, Tracecube's functions, pg_catalog and information_schema.
 pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseError> {
     let config = SessionConfig::new()
         .with_information_schema(true)
@@ -141,7 +144,14 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
         .with_create_default_catalog_and_schema(true);
     let ctx = SessionContext::new_with_config(config);
     let traces = Arc::new(LiveTable::open(warehouse, Table::Traces).await?);
-    ctx.register_table("traces", traces)?;
+    ctx.register_table("traces", traces.clone())?;
+
+    let weights = Arc::new(WeightsHandle::default());
+    let weights_table = WeightsTable::open(warehouse, Arc::clone(&weights)).await?;
+    ctx.register_table("impact_weights", Arc::new(weights_table))?;
+    let slas = SlaTable::new(warehouse.config().sla_seconds.clone());
+    Functions::new(slas, weights).register(&ctx, traces);
+    journeys::register(&ctx, warehouse.config().journey_gap_seconds()?).await?;
 
     let loads = Arc::new(LiveTable::open(warehouse, Table::Loads).await?);
     let system = Arc::new(MemorySchemaProvider::new());

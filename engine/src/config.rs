@@ -45,6 +45,10 @@ pub struct Config {
     pub default_hourly_cost: f64,
     /// Generate the demo data set when the warehouse is empty at `serve`.
     pub demo: bool,
+    /// Service-level threshold per channel in seconds (`sla_seconds`, `service_level`).
+    pub sla_seconds: BTreeMap<String, i32>,
+    /// Longest gap between two contacts of one journey, e.g. `"7 days"`, `"36 hours"`.
+    pub journey_gap: String,
 }
 
 impl Default for Config {
@@ -71,6 +75,17 @@ impl Default for Config {
             hourly_cost,
             default_hourly_cost: 35.0,
             demo: true,
+            sla_seconds: [
+                ("phone", 90),
+                ("chat", 60),
+                ("email", 172_800),
+                ("mail", 1_728_000),
+                ("social", 86_400),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            journey_gap: "7 days".into(),
         }
     }
 }
@@ -101,8 +116,9 @@ impl Config {
     }
 
     /// Apply `TRACECUBE_WAREHOUSE`, `TRACECUBE_TIME_ZONE`, `TRACECUBE_LISTEN`,
-    /// `TRACECUBE_DEMO`, `TRACECUBE_DEFAULT_HOURLY_COST`, `TRACECUBE_HOURLY_COST_<CHANNEL>`
-    /// and `TRACECUBE_STORAGE_<KEY>`.
+    /// `TRACECUBE_DEMO`, `TRACECUBE_DEFAULT_HOURLY_COST`, `TRACECUBE_HOURLY_COST_<CHANNEL>`,
+    /// `TRACECUBE_SLA_SECONDS_<CHANNEL>`, `TRACECUBE_JOURNEY_GAP` and
+    /// `TRACECUBE_STORAGE_<KEY>`.
     pub fn apply_env(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
@@ -129,10 +145,18 @@ impl Config {
                     )
                 }
                 "DEFAULT_HOURLY_COST" => self.default_hourly_cost = number(&value)?,
+                "JOURNEY_GAP" => self.journey_gap = value,
                 _ => {
                     if let Some(channel) = name.strip_prefix("HOURLY_COST_") {
                         let cost = number(&value)?;
                         self.hourly_cost.insert(channel.to_ascii_lowercase(), cost);
+                    } else if let Some(channel) = name.strip_prefix("SLA_SECONDS_") {
+                        let seconds = value.parse::<i32>().map_err(|e| ConfigError::Invalid {
+                            key: key.clone(),
+                            value: value.clone(),
+                            reason: e.to_string(),
+                        })?;
+                        self.sla_seconds.insert(channel.to_ascii_lowercase(), seconds);
                     } else if let Some(option) = name.strip_prefix("STORAGE_") {
                         self.storage.insert(option.to_ascii_lowercase(), value);
                     }
@@ -161,7 +185,44 @@ impl Config {
                 });
             }
         }
+        for (channel, seconds) in &self.sla_seconds {
+            if *seconds < 0 {
+                return Err(ConfigError::Invalid {
+                    key: format!("sla_seconds.{channel}"),
+                    value: seconds.to_string(),
+                    reason: "must be a non-negative number of seconds".into(),
+                });
+            }
+        }
+        self.journey_gap_seconds()?;
         Ok(())
+    }
+
+    /// The journey gap in seconds, from `journey_gap` (`<number> <unit>`, the unit one
+    /// of seconds, minutes, hours, days, weeks, singular or plural).
+    pub fn journey_gap_seconds(&self) -> Result<i64, ConfigError> {
+        let invalid = |reason: &str| ConfigError::Invalid {
+            key: "journey_gap".into(),
+            value: self.journey_gap.clone(),
+            reason: reason.into(),
+        };
+        let text = self.journey_gap.trim().to_ascii_lowercase();
+        let (number, unit) = text
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| invalid("expected a number and a unit, e.g. \"7 days\""))?;
+        let number: i64 = number.parse().map_err(|_| invalid("the number must be a whole number"))?;
+        let unit = match unit.trim().trim_end_matches('s') {
+            "second" => 1,
+            "minute" => 60,
+            "hour" => 3_600,
+            "day" => 86_400,
+            "week" => 604_800,
+            _ => return Err(invalid("the unit must be seconds, minutes, hours, days or weeks")),
+        };
+        if number <= 0 {
+            return Err(invalid("the gap must be positive"));
+        }
+        Ok(number * unit)
     }
 
     /// The configured time zone.
@@ -195,6 +256,8 @@ mod tests {
         assert_eq!(c.hourly_cost_of("phone"), 45.0);
         assert_eq!(c.hourly_cost_of("bot"), 2.0);
         assert_eq!(c.hourly_cost_of("fax"), 35.0);
+        assert_eq!(c.sla_seconds["phone"], 90);
+        assert_eq!(c.journey_gap_seconds().unwrap(), 7 * 86_400);
         c.validate().unwrap();
     }
 

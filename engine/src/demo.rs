@@ -5,6 +5,7 @@ use tracecube_datasets::GenOptions;
 
 use crate::load::{LoadError, LoadOptions, LoadRecord, Loader};
 use crate::warehouse::{Table, Warehouse};
+use crate::weights::{DEMO_WEIGHTS, WeightsTable};
 
 /// Rows of the demo data set.
 pub const DEMO_ROWS: u64 = 1_000_000;
@@ -64,4 +65,14 @@ pub async fn load_demo(
             },
         )
         .await
+}
+
+/// Give the demo warehouse the category weights of `weights::DEMO_WEIGHTS`.
+pub async fn seed_weights(warehouse: &Warehouse) -> Result<(), crate::app::AppError> {
+    let handle = std::sync::Arc::new(tracecube_udfs::WeightsHandle::default());
+    WeightsTable::open(warehouse, handle)
+        .await?
+        .replace_all(&DEMO_WEIGHTS)
+        .await?;
+    Ok(())
 }

@@ -9,6 +9,8 @@ pub mod load;
 pub mod schema;
 pub mod server;
 pub mod warehouse;
+pub mod weights;
+pub mod journeys;
 
 pub use config::Config;
 pub use warehouse::Warehouse;

@@ -46,6 +46,15 @@ pub fn traces_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// The experts' weights (SPEC §3.3): one row per weighted axis value.
+pub fn weights_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("axis", DataType::Utf8, false),
+        Field::new("key", DataType::Utf8, false),
+        Field::new("weight", DataType::Float64, false),
+    ]))
+}
+
 /// Rows a quarantine load rejected, with where they came from and why.
 pub fn rejects_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![

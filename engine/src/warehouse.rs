@@ -1,4 +1,5 @@
-//! The warehouse: Delta tables under one object-store URL (`traces`, `rejects`, `loads`),
+//! The warehouse: Delta tables under one object-store URL (`traces`, `rejects`, `loads`,
+//! `impact_weights`),
 //! created on first use, opened at their latest version.
 
 use std::collections::HashMap;
@@ -13,7 +14,7 @@ use deltalake::{DeltaTable, DeltaTableBuilder};
 use url::Url;
 
 use crate::config::Config;
-use crate::schema::{loads_schema, rejects_schema, traces_schema};
+use crate::schema::{loads_schema, rejects_schema, traces_schema, weights_schema};
 
 /// Errors opening or writing warehouse tables.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,7 @@ pub enum Table {
     Traces,
     Rejects,
     Loads,
+    ImpactWeights,
 }
 
 impl Table {
@@ -68,6 +70,7 @@ impl Table {
             Table::Traces => "traces",
             Table::Rejects => "rejects",
             Table::Loads => "loads",
+            Table::ImpactWeights => "impact_weights",
         }
     }
 
@@ -76,13 +79,14 @@ impl Table {
             Table::Traces => traces_schema(),
             Table::Rejects => rejects_schema(),
             Table::Loads => loads_schema(),
+            Table::ImpactWeights => weights_schema(),
         }
     }
 
     fn partition_columns(self) -> Vec<String> {
         match self {
             Table::Traces => vec!["day".to_string()],
-            Table::Rejects | Table::Loads => vec![],
+            Table::Rejects | Table::Loads | Table::ImpactWeights => vec![],
         }
     }
 }
@@ -110,7 +114,7 @@ impl Warehouse {
             root,
             storage_options,
         };
-        for table in [Table::Traces, Table::Rejects, Table::Loads] {
+        for table in [Table::Traces, Table::Rejects, Table::Loads, Table::ImpactWeights] {
             warehouse.create_if_missing(table).await?;
         }
         Ok(warehouse)

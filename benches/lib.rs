@@ -1,0 +1,1 @@
+//! Benchmarks live in `functions.rs` (criterion); see README.md.

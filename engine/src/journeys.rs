@@ -1,0 +1,75 @@
+//! The cross-channel journey views of SPEC §1.4: `journeys` (one row per contact with
+//! `journey_id`, `journey_seq`, `prev_channel`), `journey_summary` (one row per
+//! journey, with FCR and give-up) and `channel_transitions`.
+//!
+//! A journey is the chain of contacts of one customer about one need (the first
+//! declaration segment), each at most the configured gap after the previous one.
+//! Every window shares one partitioning and order — (customer, need) by (`ts`,
+//! `contact_id`) — so the traces are sorted once.
+
+use datafusion::prelude::SessionContext;
+
+use crate::schema::traces_schema;
+
+/// The `CREATE VIEW` statements for a journey gap of `gap_seconds`.
+pub fn view_statements(gap_seconds: i64) -> [String; 3] {
+    let gap = format!("INTERVAL '{gap_seconds} seconds'");
+    let columns = traces_schema()
+        .fields()
+        .iter()
+        .map(|f| format!("\"{}\"", f.name()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let journeys = format!(
+        "CREATE OR REPLACE VIEW journeys AS \
+         WITH ordered AS ( \
+           SELECT {columns}, path_segment(declaration, 1) AS journey_need, \
+             lag(ts) OVER w AS journey_prev_ts, lag(channel) OVER w AS journey_prev_channel, \
+             row_number() OVER w AS journey_rn \
+           FROM traces \
+           WINDOW w AS (PARTITION BY customer_id, path_segment(declaration, 1) ORDER BY ts, contact_id) \
+         ), starts AS ( \
+           SELECT *, (journey_prev_ts IS NULL OR journey_prev_ts + {gap} < ts) AS journey_start \
+           FROM ordered \
+         ), marked AS ( \
+           SELECT *, \
+             max(CASE WHEN journey_start THEN journey_rn END) OVER s AS journey_start_rn, \
+             last_value(CASE WHEN journey_start THEN contact_id END) IGNORE NULLS OVER s AS journey_id \
+           FROM starts \
+           WINDOW s AS (PARTITION BY customer_id, journey_need ORDER BY ts, contact_id \
+                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) \
+         ) \
+         SELECT {columns}, journey_id, \
+           CAST(journey_rn - journey_start_rn + 1 AS INT) AS journey_seq, \
+           CASE WHEN journey_start THEN NULL ELSE journey_prev_channel END AS prev_channel \
+         FROM marked"
+    );
+    let summary = format!(
+        "CREATE OR REPLACE VIEW journey_summary AS \
+         SELECT journey_id, customer_id, path_segment(declaration, 1) AS need, \
+           min(ts) AS started_at, max(ts) AS ended_at, count(*) AS contacts, \
+           count(DISTINCT channel) AS channels, \
+           first_value(channel ORDER BY journey_seq) AS first_channel, \
+           last_value(channel ORDER BY journey_seq) AS last_channel, \
+           (count(*) = 1 AND bool_and(resolved)) AS fcr, \
+           (NOT last_value(resolved ORDER BY journey_seq) \
+             AND max(ts) + {gap} < (SELECT max(ts) FROM traces)) AS gave_up \
+         FROM journeys \
+         GROUP BY journey_id, customer_id, path_segment(declaration, 1)"
+    );
+    let transitions = "CREATE OR REPLACE VIEW channel_transitions AS \
+         SELECT prev_channel AS from_channel, channel AS to_channel, count(*) AS contacts \
+         FROM journeys WHERE journey_seq > 1 \
+         GROUP BY prev_channel, channel"
+        .to_string();
+    [journeys, summary, transitions]
+}
+
+/// Creates the three views in `ctx` (which must already have `traces` and the
+/// path functions).
+pub async fn register(ctx: &SessionContext, gap_seconds: i64) -> datafusion::common::Result<()> {
+    for statement in view_statements(gap_seconds) {
+        ctx.sql(&statement).await?;
+    }
+    Ok(())
+}

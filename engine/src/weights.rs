@@ -1,0 +1,312 @@
+//! The `impact_weights (axis, key, weight)` table: the experts' weights, a Delta table
+//! of the warehouse. `INSERT`, `UPDATE` and `DELETE` validate the rows, rewrite the
+//! table in one commit, then make the new weights current for every query planned
+//! afterwards (no rebuild: cubes keep `effort_sum`).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray, UInt64Array,
+};
+use datafusion::arrow::compute::kernels::zip::zip;
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DFSchema, Result, exec_err};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::error::DataFusionError;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{ColumnarValue, Expr};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use datafusion::prelude::SessionContext;
+use deltalake::protocol::SaveMode;
+use futures::StreamExt;
+use tokio::sync::Mutex;
+use tracecube_udfs::{Axis, ImpactWeights, WeightsHandle};
+
+use crate::load::validate::{canonical_category, canonical_channel, canonical_path};
+use crate::schema::weights_schema;
+use crate::warehouse::{Table, Warehouse, WarehouseError};
+
+/// The weights shipped with the demo warehouse: avoidable contacts weigh most.
+pub const DEMO_WEIGHTS: [(&str, &str, f64); 4] = [
+    ("category", "avoidable", 2.0),
+    ("category", "selfcare", 1.5),
+    ("category", "mandatory", 1.0),
+    ("category", "help", 1.0),
+];
+
+/// The `impact_weights` table provider.
+#[derive(Debug, Clone)]
+pub struct WeightsTable(Arc<WeightsState>);
+
+/// The committed weights, and what a commit updates.
+#[derive(Debug)]
+struct WeightsState {
+    warehouse: Warehouse,
+    handle: Arc<WeightsHandle>,
+    /// The committed rows; the lock serialises writers.
+    rows: Mutex<RecordBatch>,
+}
+
+impl WeightsTable {
+    /// Reads the committed weights and makes them current in `handle`.
+    pub async fn open(warehouse: &Warehouse, handle: Arc<WeightsHandle>) -> Result<Self, WarehouseError> {
+        let table = warehouse.table(Table::ImpactWeights).await?;
+        let provider = table
+            .table_provider()
+            .await
+            .map_err(|e| warehouse.delta_error(Table::ImpactWeights)(e.into()))?;
+        let batches = SessionContext::new().read_table(provider)?.collect().await?;
+        let rows = datafusion::arrow::compute::concat_batches(&weights_schema(), &batches)
+            .map_err(DataFusionError::from)?;
+        let rows = conform(rows)?;
+        handle.replace(snapshot(&rows)?);
+        Ok(Self(Arc::new(WeightsState { warehouse: warehouse.clone(), handle, rows: Mutex::new(rows) })))
+    }
+
+    /// Replaces all weights by `entries` (used to seed the demo warehouse).
+    pub async fn replace_all(&self, entries: &[(&str, &str, f64)]) -> Result<()> {
+        let batch = RecordBatch::try_new(
+            weights_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.0))),
+                Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.1))),
+                Arc::new(Float64Array::from_iter_values(entries.iter().map(|e| e.2))),
+            ],
+        )?;
+        let mut rows = self.0.rows.lock().await;
+        self.0.commit(&mut rows, batch).await
+    }
+}
+
+impl WeightsState {
+    /// Validates `next`, writes it as the whole table in one commit, then makes it
+    /// current.
+    async fn commit(&self, rows: &mut RecordBatch, next: RecordBatch) -> Result<()> {
+        let next = conform(next)?;
+        let weights = snapshot(&next)?;
+        let table = self
+            .warehouse
+            .table(Table::ImpactWeights)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        table
+            .write(vec![next.clone()])
+            .with_save_mode(SaveMode::Overwrite)
+            .await
+            .map_err(|e| {
+                DataFusionError::External(Box::new(self.warehouse.delta_error(Table::ImpactWeights)(e)))
+            })?;
+        *rows = next;
+        self.handle.replace(weights);
+        Ok(())
+    }
+}
+
+impl WeightsTable {
+    /// A one-row `count` result, as DataFusion's DML statements return.
+    fn count_result(count: u64) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(UInt64Array::from(vec![count]))])?;
+        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?)
+    }
+
+    /// Which committed rows the DML `filters` select (all when there are none).
+    fn matching(state: &dyn Session, rows: &RecordBatch, filters: &[Expr]) -> Result<BooleanArray> {
+        let schema = DFSchema::try_from(rows.schema())?;
+        let mut selected = BooleanArray::from(vec![true; rows.num_rows()]);
+        for filter in filters {
+            let predicate = state.create_physical_expr(filter.clone(), &schema)?;
+            let values = predicate.evaluate(rows)?.into_array(rows.num_rows())?;
+            let values = values.as_boolean();
+            // NULL does not match (SQL three-valued logic)
+            let values: BooleanArray = values.iter().map(|v| Some(v == Some(true))).collect();
+            selected = datafusion::arrow::compute::and(&selected, &values)?;
+        }
+        Ok(selected)
+    }
+}
+
+/// Checks every row (axis, key and weight) and that no `(axis, key)` repeats; keys
+/// are canonicalised like trace values.
+fn conform(batch: RecordBatch) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .zip(weights_schema().fields())
+        .map(|(c, f)| cast(c, f.data_type()))
+        .collect::<Result<_, _>>()?;
+    let (axes, keys, weights) = (
+        columns[0].as_string::<i32>(),
+        columns[1].as_string::<i32>(),
+        columns[2].as_primitive::<Float64Type>(),
+    );
+    let mut seen = HashSet::new();
+    let mut canonical_keys = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        if axes.is_null(row) || keys.is_null(row) || weights.is_null(row) {
+            return exec_err!("impact_weights: axis, key and weight must not be NULL");
+        }
+        let (axis_name, key, weight) = (axes.value(row), keys.value(row), weights.value(row));
+        let bad = |reason: String| -> Result<()> {
+            exec_err!("impact_weights ({axis_name}, '{key}'): {reason}")
+        };
+        let Some(axis) = Axis::parse(axis_name) else {
+            return exec_err!(
+                "impact_weights: axis '{axis_name}' is not one of declaration, qualification, action, channel, category"
+            );
+        };
+        let key = match axis {
+            _ if axis.is_hierarchy() && key.is_empty() => Ok(String::new()),
+            Axis::Declaration | Axis::Qualification | Axis::Action => canonical_path(key),
+            Axis::Channel => canonical_channel(key),
+            Axis::Category => canonical_category(key),
+        };
+        let key = match key {
+            Ok(key) => key,
+            Err(reason) => return exec_err!("impact_weights ({axis_name}, '{key}'): invalid key: {reason}"),
+        };
+        if !(weight.is_finite() && weight >= 0.0) {
+            bad(format!("weight {weight} must be a non-negative number"))?;
+        }
+        if !seen.insert((axis, key.clone())) {
+            bad("already has a weight: UPDATE it or DELETE it first".into())?;
+        }
+        canonical_keys.push(key);
+    }
+    Ok(RecordBatch::try_new(
+        weights_schema(),
+        vec![Arc::clone(&columns[0]), Arc::new(StringArray::from(canonical_keys)), Arc::clone(&columns[2])],
+    )?)
+}
+
+/// The weights of (already conformed) rows.
+fn snapshot(rows: &RecordBatch) -> Result<ImpactWeights> {
+    let axes = rows.column(0).as_string::<i32>();
+    let keys = rows.column(1).as_string::<i32>();
+    let weights = rows.column(2).as_primitive::<Float64Type>();
+    Ok(ImpactWeights::new((0..rows.num_rows()).filter_map(|row| {
+        Axis::parse(axes.value(row)).map(|axis| (axis, keys.value(row).to_string(), weights.value(row)))
+    })))
+}
+
+#[async_trait]
+impl TableProvider for WeightsTable {
+    fn schema(&self) -> SchemaRef {
+        weights_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let rows = self.0.rows.lock().await.clone();
+        Ok(MemorySourceConfig::try_new_exec(&[vec![rows]], weights_schema(), projection.cloned())?)
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return exec_err!("impact_weights supports INSERT INTO … VALUES/SELECT only, not {insert_op}");
+        }
+        let sink = WeightsSink(Arc::clone(&self.0));
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+
+    async fn delete_from(&self, state: &dyn Session, filters: Vec<Expr>) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut rows = self.0.rows.lock().await;
+        let selected = Self::matching(state, &rows, &filters)?;
+        let deleted = selected.true_count() as u64;
+        let kept = filter_record_batch(&rows, &datafusion::arrow::compute::not(&selected)?)?;
+        if deleted > 0 {
+            self.0.commit(&mut rows, kept).await?;
+        }
+        Self::count_result(deleted)
+    }
+
+    async fn update(
+        &self,
+        state: &dyn Session,
+        assignments: Vec<(String, Expr)>,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut rows = self.0.rows.lock().await;
+        let selected = Self::matching(state, &rows, &filters)?;
+        let schema = DFSchema::try_from(rows.schema())?;
+        let mut columns = rows.columns().to_vec();
+        for (name, expr) in &assignments {
+            let Some(index) = rows.schema().index_of(name).ok() else {
+                return exec_err!("impact_weights has no column {name}: its columns are axis, key, weight");
+            };
+            let value = state.create_physical_expr(expr.clone(), &schema)?.evaluate(&rows)?;
+            let value = match value {
+                ColumnarValue::Array(a) => a,
+                ColumnarValue::Scalar(s) => s.to_array_of_size(rows.num_rows())?,
+            };
+            let value = cast(&value, rows.schema().field(index).data_type())?;
+            columns[index] = zip(&selected, &value, &rows.column(index))?;
+        }
+        let updated = selected.true_count() as u64;
+        if updated > 0 {
+            let next = RecordBatch::try_new(rows.schema(), columns)?;
+            self.0.commit(&mut rows, next).await?;
+        }
+        Self::count_result(updated)
+    }
+}
+
+/// Appends the rows of an `INSERT` to the committed ones, in one commit.
+#[derive(Debug)]
+struct WeightsSink(Arc<WeightsState>);
+
+impl DisplayAs for WeightsSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "ImpactWeightsSink")
+    }
+}
+
+#[async_trait]
+impl DataSink for WeightsSink {
+    fn schema(&self) -> &SchemaRef {
+        static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(weights_schema);
+        &SCHEMA
+    }
+
+    async fn write_all(&self, mut data: SendableRecordBatchStream, _context: &Arc<TaskContext>) -> Result<u64> {
+        let mut rows = self.0.rows.lock().await;
+        let mut batches = vec![rows.clone()];
+        let mut inserted = 0;
+        while let Some(batch) = data.next().await {
+            let batch = batch?;
+            inserted += batch.num_rows() as u64;
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(weights_schema().fields())
+                .map(|(c, f)| cast(c, f.data_type()))
+                .collect::<Result<Vec<_>, _>>()?;
+            batches.push(RecordBatch::try_new(weights_schema(), columns)?);
+        }
+        let next = datafusion::arrow::compute::concat_batches(&weights_schema(), &batches)?;
+        self.0.commit(&mut rows, next).await?;
+        Ok(inserted)
+    }
+}
