@@ -88,7 +88,11 @@ fn main() -> anyhow::Result<()> {
             config.demo &= !no_demo;
             config.validate()?;
             runtime
-                .block_on(tracecube_engine::app::serve(config, shutdown_signal()))
+                .block_on(async {
+                    // handlers are installed before the server reports ready
+                    let shutdown = shutdown_signal()?;
+                    tracecube_engine::app::serve(config, shutdown).await
+                })
                 .map_err(|e| anyhow::anyhow!(e))?;
         }
         Command::Load {
@@ -147,23 +151,19 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the Ctrl-C and SIGTERM handlers now; the future completes on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("stop requested");
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("stop requested");
+    })
 }

@@ -156,7 +156,8 @@ impl Config {
                             value: value.clone(),
                             reason: e.to_string(),
                         })?;
-                        self.sla_seconds.insert(channel.to_ascii_lowercase(), seconds);
+                        self.sla_seconds
+                            .insert(channel.to_ascii_lowercase(), seconds);
                     } else if let Some(option) = name.strip_prefix("STORAGE_") {
                         self.storage.insert(option.to_ascii_lowercase(), value);
                     }
@@ -210,14 +211,20 @@ impl Config {
         let (number, unit) = text
             .split_once(char::is_whitespace)
             .ok_or_else(|| invalid("expected a number and a unit, e.g. \"7 days\""))?;
-        let number: i64 = number.parse().map_err(|_| invalid("the number must be a whole number"))?;
+        let number: i64 = number
+            .parse()
+            .map_err(|_| invalid("the number must be a whole number"))?;
         let unit = match unit.trim().trim_end_matches('s') {
             "second" => 1,
             "minute" => 60,
             "hour" => 3_600,
             "day" => 86_400,
             "week" => 604_800,
-            _ => return Err(invalid("the unit must be seconds, minutes, hours, days or weeks")),
+            _ => {
+                return Err(invalid(
+                    "the unit must be seconds, minutes, hours, days or weeks",
+                ));
+            }
         };
         if number <= 0 {
             return Err(invalid("the gap must be positive"));

@@ -5,12 +5,12 @@ pub mod app;
 pub mod catalog;
 pub mod config;
 pub mod demo;
+pub mod journeys;
 pub mod load;
 pub mod schema;
 pub mod server;
 pub mod warehouse;
 pub mod weights;
-pub mod journeys;
 
 pub use config::Config;
 pub use warehouse::Warehouse;

@@ -114,7 +114,12 @@ impl Warehouse {
             root,
             storage_options,
         };
-        for table in [Table::Traces, Table::Rejects, Table::Loads, Table::ImpactWeights] {
+        for table in [
+            Table::Traces,
+            Table::Rejects,
+            Table::Loads,
+            Table::ImpactWeights,
+        ] {
             warehouse.create_if_missing(table).await?;
         }
         Ok(warehouse)

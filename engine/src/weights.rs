@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray, UInt64Array,
+    Array, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray, UInt64Array,
 };
 use datafusion::arrow::compute::kernels::zip::zip;
 use datafusion::arrow::compute::{cast, filter_record_batch};
@@ -57,18 +57,29 @@ struct WeightsState {
 
 impl WeightsTable {
     /// Reads the committed weights and makes them current in `handle`.
-    pub async fn open(warehouse: &Warehouse, handle: Arc<WeightsHandle>) -> Result<Self, WarehouseError> {
+    pub async fn open(
+        warehouse: &Warehouse,
+        handle: Arc<WeightsHandle>,
+    ) -> Result<Self, WarehouseError> {
         let table = warehouse.table(Table::ImpactWeights).await?;
         let provider = table
             .table_provider()
             .await
             .map_err(|e| warehouse.delta_error(Table::ImpactWeights)(e.into()))?;
-        let batches = SessionContext::new().read_table(provider)?.collect().await?;
+        let batches = SessionContext::new()
+            .read_table(provider)?
+            .collect()
+            .await?;
+        let batches = batches.iter().map(as_stored).collect::<Result<Vec<_>>>()?;
         let rows = datafusion::arrow::compute::concat_batches(&weights_schema(), &batches)
             .map_err(DataFusionError::from)?;
         let rows = conform(rows)?;
         handle.replace(snapshot(&rows)?);
-        Ok(Self(Arc::new(WeightsState { warehouse: warehouse.clone(), handle, rows: Mutex::new(rows) })))
+        Ok(Self(Arc::new(WeightsState {
+            warehouse: warehouse.clone(),
+            handle,
+            rows: Mutex::new(rows),
+        })))
     }
 
     /// Replaces all weights by `entries` (used to seed the demo warehouse).
@@ -102,7 +113,11 @@ impl WeightsState {
             .with_save_mode(SaveMode::Overwrite)
             .await
             .map_err(|e| {
-                DataFusionError::External(Box::new(self.warehouse.delta_error(Table::ImpactWeights)(e)))
+                DataFusionError::External(Box::new(self
+                    .warehouse
+                    .delta_error(Table::ImpactWeights)(
+                    e
+                )))
             })?;
         *rows = next;
         self.handle.replace(weights);
@@ -113,9 +128,20 @@ impl WeightsState {
 impl WeightsTable {
     /// A one-row `count` result, as DataFusion's DML statements return.
     fn count_result(count: u64) -> Result<Arc<dyn ExecutionPlan>> {
-        let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]));
-        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(UInt64Array::from(vec![count]))])?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?)
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "count",
+            DataType::UInt64,
+            false,
+        )]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(UInt64Array::from(vec![count]))],
+        )?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            schema,
+            None,
+        )?)
     }
 
     /// Which committed rows the DML `filters` select (all when there are none).
@@ -134,15 +160,21 @@ impl WeightsTable {
     }
 }
 
-/// Checks every row (axis, key and weight) and that no `(axis, key)` repeats; keys
-/// are canonicalised like trace values.
-fn conform(batch: RecordBatch) -> Result<RecordBatch> {
-    let columns: Vec<ArrayRef> = batch
+/// `batch` (from a scan or an `INSERT`) with the stored column types.
+fn as_stored(batch: &RecordBatch) -> Result<RecordBatch> {
+    let columns = batch
         .columns()
         .iter()
         .zip(weights_schema().fields())
         .map(|(c, f)| cast(c, f.data_type()))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(weights_schema(), columns)?)
+}
+
+/// Checks every row (axis, key and weight) and that no `(axis, key)` repeats; keys
+/// are canonicalised like trace values.
+fn conform(batch: RecordBatch) -> Result<RecordBatch> {
+    let columns = as_stored(&batch)?.columns().to_vec();
     let (axes, keys, weights) = (
         columns[0].as_string::<i32>(),
         columns[1].as_string::<i32>(),
@@ -163,15 +195,17 @@ fn conform(batch: RecordBatch) -> Result<RecordBatch> {
                 "impact_weights: axis '{axis_name}' is not one of declaration, qualification, action, channel, category"
             );
         };
-        let key = match axis {
+        let canonical = match axis {
             _ if axis.is_hierarchy() && key.is_empty() => Ok(String::new()),
             Axis::Declaration | Axis::Qualification | Axis::Action => canonical_path(key),
             Axis::Channel => canonical_channel(key),
             Axis::Category => canonical_category(key),
         };
-        let key = match key {
+        let key = match canonical {
             Ok(key) => key,
-            Err(reason) => return exec_err!("impact_weights ({axis_name}, '{key}'): invalid key: {reason}"),
+            Err(reason) => {
+                return exec_err!("impact_weights ({axis_name}, '{key}'): invalid key: {reason}");
+            }
         };
         if !(weight.is_finite() && weight >= 0.0) {
             bad(format!("weight {weight} must be a non-negative number"))?;
@@ -183,7 +217,11 @@ fn conform(batch: RecordBatch) -> Result<RecordBatch> {
     }
     Ok(RecordBatch::try_new(
         weights_schema(),
-        vec![Arc::clone(&columns[0]), Arc::new(StringArray::from(canonical_keys)), Arc::clone(&columns[2])],
+        vec![
+            Arc::clone(&columns[0]),
+            Arc::new(StringArray::from(canonical_keys)),
+            Arc::clone(&columns[2]),
+        ],
     )?)
 }
 
@@ -193,7 +231,8 @@ fn snapshot(rows: &RecordBatch) -> Result<ImpactWeights> {
     let keys = rows.column(1).as_string::<i32>();
     let weights = rows.column(2).as_primitive::<Float64Type>();
     Ok(ImpactWeights::new((0..rows.num_rows()).filter_map(|row| {
-        Axis::parse(axes.value(row)).map(|axis| (axis, keys.value(row).to_string(), weights.value(row)))
+        Axis::parse(axes.value(row))
+            .map(|axis| (axis, keys.value(row).to_string(), weights.value(row)))
     })))
 }
 
@@ -215,7 +254,11 @@ impl TableProvider for WeightsTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let rows = self.0.rows.lock().await.clone();
-        Ok(MemorySourceConfig::try_new_exec(&[vec![rows]], weights_schema(), projection.cloned())?)
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![rows]],
+            weights_schema(),
+            projection.cloned(),
+        )?)
     }
 
     async fn insert_into(
@@ -225,13 +268,19 @@ impl TableProvider for WeightsTable {
         insert_op: InsertOp,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         if insert_op != InsertOp::Append {
-            return exec_err!("impact_weights supports INSERT INTO … VALUES/SELECT only, not {insert_op}");
+            return exec_err!(
+                "impact_weights supports INSERT INTO … VALUES/SELECT only, not {insert_op}"
+            );
         }
         let sink = WeightsSink(Arc::clone(&self.0));
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
 
-    async fn delete_from(&self, state: &dyn Session, filters: Vec<Expr>) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn delete_from(
+        &self,
+        state: &dyn Session,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut rows = self.0.rows.lock().await;
         let selected = Self::matching(state, &rows, &filters)?;
         let deleted = selected.true_count() as u64;
@@ -254,9 +303,13 @@ impl TableProvider for WeightsTable {
         let mut columns = rows.columns().to_vec();
         for (name, expr) in &assignments {
             let Some(index) = rows.schema().index_of(name).ok() else {
-                return exec_err!("impact_weights has no column {name}: its columns are axis, key, weight");
+                return exec_err!(
+                    "impact_weights has no column {name}: its columns are axis, key, weight"
+                );
             };
-            let value = state.create_physical_expr(expr.clone(), &schema)?.evaluate(&rows)?;
+            let value = state
+                .create_physical_expr(expr.clone(), &schema)?
+                .evaluate(&rows)?;
             let value = match value {
                 ColumnarValue::Array(a) => a,
                 ColumnarValue::Scalar(s) => s.to_array_of_size(rows.num_rows())?,
@@ -290,20 +343,18 @@ impl DataSink for WeightsSink {
         &SCHEMA
     }
 
-    async fn write_all(&self, mut data: SendableRecordBatchStream, _context: &Arc<TaskContext>) -> Result<u64> {
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> Result<u64> {
         let mut rows = self.0.rows.lock().await;
         let mut batches = vec![rows.clone()];
         let mut inserted = 0;
         while let Some(batch) = data.next().await {
             let batch = batch?;
             inserted += batch.num_rows() as u64;
-            let columns = batch
-                .columns()
-                .iter()
-                .zip(weights_schema().fields())
-                .map(|(c, f)| cast(c, f.data_type()))
-                .collect::<Result<Vec<_>, _>>()?;
-            batches.push(RecordBatch::try_new(weights_schema(), columns)?);
+            batches.push(as_stored(&batch)?);
         }
         let next = datafusion::arrow::compute::concat_batches(&weights_schema(), &batches)?;
         self.0.commit(&mut rows, next).await?;

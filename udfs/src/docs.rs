@@ -12,7 +12,11 @@ pub(crate) fn function_doc(
     example: &str,
     arguments: &[(&str, &str)],
 ) -> Documentation {
-    let section = DocSection { include: true, label: section, description: None };
+    let section = DocSection {
+        include: true,
+        label: section,
+        description: None,
+    };
     let builder = Documentation::builder(section, description, syntax)
         .with_sql_example(format!("```sql\n{example}\n```"));
     arguments

@@ -74,7 +74,10 @@ impl TableFunctionImpl for Drilldown {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         let exprs = args.exprs();
         if exprs.len() != 2 && exprs.len() != 4 {
-            return plan_err!("drilldown takes 2 or 4 arguments, got {}: use {SYNTAX}", exprs.len());
+            return plan_err!(
+                "drilldown takes 2 or 4 arguments, got {}: use {SYNTAX}",
+                exprs.len()
+            );
         }
         let axis = match literal_text(&exprs[0]) {
             Some(Some(name)) => match Axis::parse(&name) {
@@ -85,11 +88,19 @@ impl TableFunctionImpl for Drilldown {
                     );
                 }
             },
-            _ => return plan_err!("drilldown: axis must be a text literal: use {SYNTAX}"),
+            _ => {
+                return plan_err!(
+                    "drilldown: axis must be a text literal (not a parameter or column): use {SYNTAX}"
+                );
+            }
         };
         let node = match literal_text(&exprs[1]) {
             Some(Some(node)) => node,
-            _ => return plan_err!("drilldown: node must be a text literal ('' for the roots): use {SYNTAX}"),
+            _ => {
+                return plan_err!(
+                    "drilldown: node must be a text literal ('' for the roots; not a parameter or column): use {SYNTAX}"
+                );
+            }
         };
         let days = match exprs {
             [_, _, from, to] => {
@@ -143,14 +154,22 @@ impl Drilldown {
         let float = |e: Expr| cast(e, DataType::Float64);
         LogicalPlanBuilder::scan("traces", provider_as_source(Arc::clone(&self.traces)), None)?
             .filter(filter)?
-            .aggregate(vec![f.path_child.call(vec![path, lit(node)]).alias("child")], aggregates)?
-            .window(vec![total("contacts", "total_contacts"), total("impact", "total_impact")])?
+            .aggregate(
+                vec![f.path_child.call(vec![path, lit(node)]).alias("child")],
+                aggregates,
+            )?
+            .window(vec![
+                total("contacts", "total_contacts"),
+                total("impact", "total_impact"),
+            ])?
             .project(vec![
                 col("child"),
                 col("contacts"),
-                (lit(100.0) * float(col("contacts")) / float(col("total_contacts"))).alias("share_pct"),
+                (lit(100.0) * float(col("contacts")) / float(col("total_contacts")))
+                    .alias("share_pct"),
                 col("impact"),
-                (lit(100.0) * col("impact") / nullif(col("total_impact"), lit(0.0))).alias("impact_share_pct"),
+                (lit(100.0) * col("impact") / nullif(col("total_impact"), lit(0.0)))
+                    .alias("impact_share_pct"),
                 col("csat_pct"),
                 col("nps"),
                 col("resolved_pct"),

@@ -91,7 +91,10 @@ impl ImpactWeights {
         for (axis, key, weight) in entries {
             axes[axis as usize].insert(key, weight);
         }
-        Self { version: VERSIONS.fetch_add(1, Ordering::Relaxed), axes }
+        Self {
+            version: VERSIONS.fetch_add(1, Ordering::Relaxed),
+            axes,
+        }
     }
 
     /// The weight of `key` on `axis`: for a hierarchy that of its deepest
@@ -199,11 +202,25 @@ impl Hash for Source {
 }
 
 const SECTION: &str = "Impact Functions";
-const ARGS: [&str; 5] = ["declaration", "qualification", "action", "channel", "category"];
+const ARGS: [&str; 5] = [
+    "declaration",
+    "qualification",
+    "action",
+    "channel",
+    "category",
+];
 
-fn coerce_axes(function: &str, syntax: &str, types: &[DataType], extra: usize) -> Result<Vec<DataType>> {
+fn coerce_axes(
+    function: &str,
+    syntax: &str,
+    types: &[DataType],
+    extra: usize,
+) -> Result<Vec<DataType>> {
     arity(function, syntax, types, 5 + extra)?;
-    ARGS.iter().zip(types).map(|(arg, t)| text_arg(function, arg, t)).collect()
+    ARGS.iter()
+        .zip(types)
+        .map(|(arg, t)| text_arg(function, arg, t))
+        .collect()
 }
 
 /// `impact_weight(declaration, qualification, action, channel, category) → double`:
@@ -221,7 +238,10 @@ pub struct ImpactWeight {
 impl ImpactWeight {
     /// The function reading the weights of `handle`.
     pub fn new(handle: Arc<WeightsHandle>) -> Self {
-        Self { signature: Signature::user_defined(Volatility::Stable), source: Source::Live(handle) }
+        Self {
+            signature: Signature::user_defined(Volatility::Stable),
+            source: Source::Live(handle),
+        }
     }
 }
 
@@ -244,12 +264,17 @@ impl ScalarUDFImpl for ImpactWeight {
         Ok(DataType::Float64)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let all_scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let all_scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let columns = ColumnarValue::values_to_arrays(&args.args)?;
         let rows = columns.first().map_or(0, |c| c.len());
         let weights = self.source.current().row_weights(&columns, rows)?;
         if all_scalar {
-            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&weights, 0)?))
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+                &weights, 0,
+            )?))
         } else {
             Ok(ColumnarValue::Array(Arc::new(weights)))
         }
@@ -259,9 +284,14 @@ impl ScalarUDFImpl for ImpactWeight {
         let Source::Live(handle) = &self.source else {
             return Ok(ExprSimplifyResult::Original(args));
         };
-        let bound = Self { signature: self.signature.clone(), source: Source::Bound(handle.current()) };
+        let bound = Self {
+            signature: self.signature.clone(),
+            source: Source::Bound(handle.current()),
+        };
         let udf = Arc::new(ScalarUDF::new_from_impl(bound));
-        Ok(ExprSimplifyResult::Simplified(Expr::ScalarFunction(ScalarFunction::new_udf(udf, args))))
+        Ok(ExprSimplifyResult::Simplified(Expr::ScalarFunction(
+            ScalarFunction::new_udf(udf, args),
+        )))
     }
     fn documentation(&self) -> Option<&Documentation> {
         static DOC: LazyLock<Documentation> = LazyLock::new(|| {
@@ -299,7 +329,10 @@ pub struct Impact {
 impl Impact {
     /// The aggregate reading the weights of `handle`.
     pub fn new(handle: Arc<WeightsHandle>) -> Self {
-        Self { signature: Signature::user_defined(Volatility::Stable), source: Source::Live(handle) }
+        Self {
+            signature: Signature::user_defined(Volatility::Stable),
+            source: Source::Live(handle),
+        }
     }
 }
 
@@ -342,13 +375,20 @@ impl AggregateUDFImpl for Impact {
         Ok(sum_state_fields("impact"))
     }
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SumAccumulator::new(WeightedEffort(self.source.current()))))
+        Ok(Box::new(SumAccumulator::new(WeightedEffort(
+            self.source.current(),
+        ))))
     }
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
         true
     }
-    fn create_groups_accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(SumGroups::new(WeightedEffort(self.source.current()))))
+    fn create_groups_accumulator(
+        &self,
+        _args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(SumGroups::new(WeightedEffort(
+            self.source.current(),
+        ))))
     }
     fn default_value(&self, _data_type: &DataType) -> Result<ScalarValue> {
         Ok(ScalarValue::Float64(None))
@@ -358,7 +398,10 @@ impl AggregateUDFImpl for Impact {
         let Source::Live(handle) = &self.source else {
             return None;
         };
-        let bound = Self { signature: self.signature.clone(), source: Source::Bound(handle.current()) };
+        let bound = Self {
+            signature: self.signature.clone(),
+            source: Source::Bound(handle.current()),
+        };
         let udaf = Arc::new(AggregateUDF::new_from_impl(bound));
         Some(Box::new(move |mut call: AggregateFunction, _info| {
             call.func = Arc::clone(&udaf);
@@ -394,7 +437,11 @@ mod tests {
     fn weights() -> ImpactWeights {
         ImpactWeights::new([
             (Axis::Declaration, "Delivery".to_string(), 2.0),
-            (Axis::Declaration, "Delivery/Tracking/Parcel not received".to_string(), 3.0),
+            (
+                Axis::Declaration,
+                "Delivery/Tracking/Parcel not received".to_string(),
+                3.0,
+            ),
             (Axis::Category, "avoidable".to_string(), 1.5),
         ])
     }
@@ -404,7 +451,10 @@ mod tests {
         let w = weights();
         assert_eq!(w.weight(Axis::Declaration, "Delivery"), 2.0);
         assert_eq!(w.weight(Axis::Declaration, "Delivery/Tracking"), 2.0);
-        assert_eq!(w.weight(Axis::Declaration, "Delivery/Tracking/Parcel not received"), 3.0);
+        assert_eq!(
+            w.weight(Axis::Declaration, "Delivery/Tracking/Parcel not received"),
+            3.0
+        );
         assert_eq!(w.weight(Axis::Declaration, "Deliveryman"), 1.0);
         assert_eq!(w.weight(Axis::Declaration, "Payment/Refund"), 1.0);
         assert_eq!(w.weight(Axis::Category, "avoidable"), 1.5);

@@ -70,7 +70,10 @@ pub struct SlaSeconds {
 impl SlaSeconds {
     /// The function over the configured thresholds.
     pub fn new(slas: SlaTable) -> Self {
-        Self { signature: Signature::user_defined(Volatility::Immutable), slas }
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+            slas,
+        }
     }
 }
 
@@ -216,7 +219,11 @@ impl TallyKpi {
     }
 
     fn new(name: &'static str, tally: Tally) -> Self {
-        Self { name, signature: Signature::user_defined(Volatility::Immutable), tally }
+        Self {
+            name,
+            signature: Signature::user_defined(Volatility::Immutable),
+            tally,
+        }
     }
 }
 
@@ -234,7 +241,12 @@ impl AggregateUDFImpl for TallyKpi {
                 Ok(vec![numeric_arg(self.name, "score", &types[0])?])
             }
             Tally::ServiceLevel(_) => {
-                arity(self.name, "service_level(channel, wait_s, abandoned)", types, 3)?;
+                arity(
+                    self.name,
+                    "service_level(channel, wait_s, abandoned)",
+                    types,
+                    3,
+                )?;
                 Ok(vec![
                     text_arg(self.name, "channel", &types[0])?,
                     numeric_arg(self.name, "wait_s", &types[1])?,
@@ -249,17 +261,32 @@ impl AggregateUDFImpl for TallyKpi {
     fn state_fields(&self, _args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         Ok(["n", "hit", "miss"]
             .iter()
-            .map(|s| Arc::new(Field::new(format!("{}_{s}", self.name), DataType::Int64, false)))
+            .map(|s| {
+                Arc::new(Field::new(
+                    format!("{}_{s}", self.name),
+                    DataType::Int64,
+                    false,
+                ))
+            })
             .collect())
     }
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(TallyAccumulator { tally: self.tally.clone(), counts: [0; 3] }))
+        Ok(Box::new(TallyAccumulator {
+            tally: self.tally.clone(),
+            counts: [0; 3],
+        }))
     }
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
         true
     }
-    fn create_groups_accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(TallyGroups { tally: self.tally.clone(), counts: Vec::new() }))
+    fn create_groups_accumulator(
+        &self,
+        _args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(TallyGroups {
+            tally: self.tally.clone(),
+            counts: Vec::new(),
+        }))
     }
     fn default_value(&self, _data_type: &DataType) -> Result<ScalarValue> {
         Ok(ScalarValue::Float64(None))
@@ -292,7 +319,10 @@ impl AggregateUDFImpl for TallyKpi {
                 &[
                     ("channel", "Channel token, for its SLA."),
                     ("wait_s", "Seconds before the company answered."),
-                    ("abandoned", "The customer left before an answer (NULL = false)."),
+                    (
+                        "abandoned",
+                        "The customer left before an answer (NULL = false).",
+                    ),
                 ],
             )
         });
@@ -319,12 +349,20 @@ impl Accumulator for TallyAccumulator {
     }
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
         for (k, state) in states.iter().enumerate() {
-            self.counts[k] += state.as_primitive::<Int64Type>().iter().flatten().sum::<i64>() as u64;
+            self.counts[k] += state
+                .as_primitive::<Int64Type>()
+                .iter()
+                .flatten()
+                .sum::<i64>() as u64;
         }
         Ok(())
     }
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(self.counts.iter().map(|&c| ScalarValue::Int64(Some(c as i64))).collect())
+        Ok(self
+            .counts
+            .iter()
+            .map(|&c| ScalarValue::Int64(Some(c as i64)))
+            .collect())
     }
     fn evaluate(&mut self) -> Result<ScalarValue> {
         Ok(ScalarValue::Float64(self.tally.value(self.counts)))
@@ -364,7 +402,10 @@ impl GroupsAccumulator for TallyGroups {
         total_num_groups: usize,
     ) -> Result<()> {
         self.counts.resize(total_num_groups, [0; 3]);
-        let states: Vec<&Int64Array> = values.iter().map(|v| v.as_primitive::<Int64Type>()).collect();
+        let states: Vec<&Int64Array> = values
+            .iter()
+            .map(|v| v.as_primitive::<Int64Type>())
+            .collect();
         for (row, &group) in group_indices.iter().enumerate() {
             for (k, state) in states.iter().enumerate() {
                 self.counts[group][k] += state.value(row) as u64;
@@ -374,15 +415,26 @@ impl GroupsAccumulator for TallyGroups {
     }
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let counts = emit_to.take_needed(&mut self.counts);
-        Ok(Arc::new(counts.into_iter().map(|c| self.tally.value(c)).collect::<Float64Array>()))
+        Ok(Arc::new(
+            counts
+                .into_iter()
+                .map(|c| self.tally.value(c))
+                .collect::<Float64Array>(),
+        ))
     }
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
         let counts = emit_to.take_needed(&mut self.counts);
         Ok((0..3)
-            .map(|k| Arc::new(counts.iter().map(|c| c[k] as i64).collect::<Int64Array>()) as ArrayRef)
+            .map(|k| {
+                Arc::new(counts.iter().map(|c| c[k] as i64).collect::<Int64Array>()) as ArrayRef
+            })
             .collect())
     }
-    fn convert_to_state(&self, values: &[ArrayRef], opt_filter: Option<&BooleanArray>) -> Result<Vec<ArrayRef>> {
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
         let counts: Vec<[u64; 3]> = self
             .tally
             .codes(values)?
@@ -397,7 +449,9 @@ impl GroupsAccumulator for TallyGroups {
             })
             .collect();
         Ok((0..3)
-            .map(|k| Arc::new(counts.iter().map(|c| c[k] as i64).collect::<Int64Array>()) as ArrayRef)
+            .map(|k| {
+                Arc::new(counts.iter().map(|c| c[k] as i64).collect::<Int64Array>()) as ArrayRef
+            })
             .collect())
     }
     fn size(&self) -> usize {
@@ -422,7 +476,9 @@ pub struct Aht {
 
 impl Default for Aht {
     fn default() -> Self {
-        Self { signature: Signature::user_defined(Volatility::Immutable) }
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
     }
 }
 
@@ -449,7 +505,10 @@ impl AggregateUDFImpl for Aht {
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
         true
     }
-    fn create_groups_accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
+    fn create_groups_accumulator(
+        &self,
+        _args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
         Ok(Box::new(SumGroups::new(Average)))
     }
     fn default_value(&self, _data_type: &DataType) -> Result<ScalarValue> {
@@ -506,7 +565,11 @@ pub(crate) struct SumAccumulator<T> {
 
 impl<T> SumAccumulator<T> {
     pub(crate) fn new(terms: T) -> Self {
-        Self { terms, n: 0, sum: 0.0 }
+        Self {
+            terms,
+            n: 0,
+            sum: 0.0,
+        }
     }
 }
 
@@ -525,12 +588,23 @@ impl<T: Terms> Accumulator for SumAccumulator<T> {
         Ok(())
     }
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.n += states[0].as_primitive::<Int64Type>().iter().flatten().sum::<i64>() as u64;
-        self.sum += states[1].as_primitive::<Float64Type>().iter().flatten().sum::<f64>();
+        self.n += states[0]
+            .as_primitive::<Int64Type>()
+            .iter()
+            .flatten()
+            .sum::<i64>() as u64;
+        self.sum += states[1]
+            .as_primitive::<Float64Type>()
+            .iter()
+            .flatten()
+            .sum::<f64>();
         Ok(())
     }
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![ScalarValue::Int64(Some(self.n as i64)), ScalarValue::Float64(Some(self.sum))])
+        Ok(vec![
+            ScalarValue::Int64(Some(self.n as i64)),
+            ScalarValue::Float64(Some(self.sum)),
+        ])
     }
     fn evaluate(&mut self) -> Result<ScalarValue> {
         Ok(ScalarValue::Float64(self.terms.finish(self.n, self.sum)))
@@ -549,7 +623,11 @@ pub(crate) struct SumGroups<T> {
 
 impl<T> SumGroups<T> {
     pub(crate) fn new(terms: T) -> Self {
-        Self { terms, n: Vec::new(), sum: Vec::new() }
+        Self {
+            terms,
+            n: Vec::new(),
+            sum: Vec::new(),
+        }
     }
 }
 
@@ -606,7 +684,11 @@ impl<T: Terms> GroupsAccumulator for SumGroups<T> {
             Arc::new(Float64Array::from(sum)),
         ])
     }
-    fn convert_to_state(&self, values: &[ArrayRef], opt_filter: Option<&BooleanArray>) -> Result<Vec<ArrayRef>> {
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
         let terms = self.terms.terms(values)?;
         let kept = |row: usize| terms.is_valid(row) && passes(opt_filter, row);
         let n: Int64Array = (0..terms.len()).map(|row| i64::from(kept(row))).collect();
@@ -663,8 +745,17 @@ mod tests {
     #[test]
     fn service_level_counts_answered_within_threshold_over_answered_and_abandoned() {
         use datafusion::arrow::array::StringArray;
-        let channels: ArrayRef = Arc::new(StringArray::from(vec!["phone", "phone", "phone", "phone", "web", "chat"]));
-        let waits = floats(&[Some(30.0), Some(90.0), Some(200.0), Some(10.0), Some(5.0), None]);
+        let channels: ArrayRef = Arc::new(StringArray::from(vec![
+            "phone", "phone", "phone", "phone", "web", "chat",
+        ]));
+        let waits = floats(&[
+            Some(30.0),
+            Some(90.0),
+            Some(200.0),
+            Some(10.0),
+            Some(5.0),
+            None,
+        ]);
         let abandoned: ArrayRef = Arc::new(BooleanArray::from(vec![
             Some(false),
             None,
@@ -691,8 +782,13 @@ mod tests {
     #[test]
     fn grouped_and_row_tallies_agree() {
         let scores = floats(&[Some(5.0), Some(2.0), Some(4.0), None, Some(1.0)]);
-        let mut groups = TallyGroups { tally: Tally::Csat, counts: Vec::new() };
-        groups.update_batch(&[scores], &[0, 1, 0, 1, 1], None, 2).unwrap();
+        let mut groups = TallyGroups {
+            tally: Tally::Csat,
+            counts: Vec::new(),
+        };
+        groups
+            .update_batch(&[scores], &[0, 1, 0, 1, 1], None, 2)
+            .unwrap();
         let out = groups.evaluate(EmitTo::All).unwrap();
         let out = out.as_primitive::<Float64Type>();
         assert_eq!(out.value(0), 100.0);

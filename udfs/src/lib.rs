@@ -63,12 +63,14 @@ impl Functions {
             path_is_under: Arc::new(ScalarUDF::new_from_impl(path::PathIsUnder::default())),
             path_child: Arc::new(ScalarUDF::new_from_impl(path::PathChild::default())),
             sla_seconds: Arc::new(ScalarUDF::new_from_impl(kpi::SlaSeconds::new(slas.clone()))),
-            impact_weight: Arc::new(ScalarUDF::new_from_impl(impact::ImpactWeight::new(Arc::clone(
-                &weights,
-            )))),
+            impact_weight: Arc::new(ScalarUDF::new_from_impl(impact::ImpactWeight::new(
+                Arc::clone(&weights),
+            ))),
             csat: Arc::new(AggregateUDF::new_from_impl(kpi::TallyKpi::csat())),
             nps: Arc::new(AggregateUDF::new_from_impl(kpi::TallyKpi::nps())),
-            service_level: Arc::new(AggregateUDF::new_from_impl(kpi::TallyKpi::service_level(slas))),
+            service_level: Arc::new(AggregateUDF::new_from_impl(kpi::TallyKpi::service_level(
+                slas,
+            ))),
             aht: Arc::new(AggregateUDF::new_from_impl(kpi::Aht::default())),
             impact: Arc::new(AggregateUDF::new_from_impl(impact::Impact::new(weights))),
         }
@@ -89,7 +91,13 @@ impl Functions {
 
     /// The aggregate functions.
     pub fn aggregates(&self) -> [&Arc<AggregateUDF>; 5] {
-        [&self.csat, &self.nps, &self.service_level, &self.aht, &self.impact]
+        [
+            &self.csat,
+            &self.nps,
+            &self.service_level,
+            &self.aht,
+            &self.impact,
+        ]
     }
 
     /// Registers every function in `ctx`, `drilldown` over the given `traces` table.
@@ -100,6 +108,9 @@ impl Functions {
         for f in self.aggregates() {
             ctx.register_udaf(f.as_ref().clone());
         }
-        ctx.register_udtf("drilldown", Arc::new(drilldown::Drilldown::new(traces, self.clone())));
+        ctx.register_udtf(
+            "drilldown",
+            Arc::new(drilldown::Drilldown::new(traces, self.clone())),
+        );
     }
 }

@@ -6,9 +6,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int32Array, StringArray,
-};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int32Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue};
@@ -91,7 +89,9 @@ pub struct PathLevel {
 
 impl Default for PathLevel {
     fn default() -> Self {
-        Self { signature: Signature::user_defined(Volatility::Immutable) }
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
     }
 }
 
@@ -110,7 +110,9 @@ impl ScalarUDFImpl for PathLevel {
         Ok(DataType::Int32)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        on_first_arg(&args.args[0], |p| map_text::<Int32Array, _, _>(p, &|p| Some(level(p))))
+        on_first_arg(&args.args[0], |p| {
+            map_text::<Int32Array, _, _>(p, &|p| Some(level(p)))
+        })
     }
     fn documentation(&self) -> Option<&Documentation> {
         static DOC: LazyLock<Documentation> = LazyLock::new(|| {
@@ -138,7 +140,9 @@ pub struct PathPrefix {
 
 impl Default for PathPrefix {
     fn default() -> Self {
-        Self { signature: Signature::user_defined(Volatility::Immutable) }
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
     }
 }
 
@@ -151,7 +155,10 @@ impl ScalarUDFImpl for PathPrefix {
     }
     fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
         arity(self.name(), "path_prefix(p, n)", types, 2)?;
-        Ok(vec![text_arg(self.name(), "p", &types[0])?, integer_arg(self.name(), "n", &types[1])?])
+        Ok(vec![
+            text_arg(self.name(), "p", &types[0])?,
+            integer_arg(self.name(), "n", &types[1])?,
+        ])
     }
     fn return_type(&self, types: &[DataType]) -> Result<DataType> {
         Ok(text_result(&types[0]))
@@ -166,7 +173,10 @@ impl ScalarUDFImpl for PathPrefix {
                 "The ancestor of a path at level n: the path itself when n ≥ its level, the root '' when n = 0, NULL when n < 0.",
                 "path_prefix(p text, n integer) → text",
                 "SELECT path_prefix('Delivery/Tracking/Parcel not received', 2); -- Delivery/Tracking",
-                &[("p", "Category path."), ("n", "Level of the ancestor (0 = root).")],
+                &[
+                    ("p", "Category path."),
+                    ("n", "Level of the ancestor (0 = root)."),
+                ],
             )
         });
         Some(&DOC)
@@ -185,7 +195,9 @@ pub struct PathSegment {
 
 impl Default for PathSegment {
     fn default() -> Self {
-        Self { signature: Signature::user_defined(Volatility::Immutable) }
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
     }
 }
 
@@ -198,7 +210,10 @@ impl ScalarUDFImpl for PathSegment {
     }
     fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
         arity(self.name(), "path_segment(p, n)", types, 2)?;
-        Ok(vec![text_arg(self.name(), "p", &types[0])?, integer_arg(self.name(), "n", &types[1])?])
+        Ok(vec![
+            text_arg(self.name(), "p", &types[0])?,
+            integer_arg(self.name(), "n", &types[1])?,
+        ])
     }
     fn return_type(&self, types: &[DataType]) -> Result<DataType> {
         Ok(text_result(&types[0]))
@@ -233,7 +248,9 @@ pub struct PathIsUnder {
 
 impl Default for PathIsUnder {
     fn default() -> Self {
-        Self { signature: Signature::user_defined(Volatility::Immutable) }
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
     }
 }
 
@@ -246,15 +263,21 @@ impl ScalarUDFImpl for PathIsUnder {
     }
     fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
         arity(self.name(), "path_is_under(p, node)", types, 2)?;
-        Ok(vec![text_arg(self.name(), "p", &types[0])?, text_arg(self.name(), "node", &types[1])?])
+        Ok(vec![
+            text_arg(self.name(), "p", &types[0])?,
+            text_arg(self.name(), "node", &types[1])?,
+        ])
     }
     fn return_type(&self, _types: &[DataType]) -> Result<DataType> {
         Ok(DataType::Boolean)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        with_node(self.name(), &args, |p, node| Some(is_under(p, node)), |p, node| {
-            map_text::<BooleanArray, _, _>(p, &|p| Some(is_under(p, node)))
-        })
+        with_node(
+            self.name(),
+            &args,
+            |p, node| Some(is_under(p, node)),
+            |p, node| map_text::<BooleanArray, _, _>(p, &|p| Some(is_under(p, node))),
+        )
     }
 
     /// `path_is_under(col, 'A/B')` ⇒ `col = 'A/B' OR col LIKE 'A/B/%'`: the same
@@ -275,13 +298,23 @@ impl ScalarUDFImpl for PathIsUnder {
         if node.is_empty() {
             return Ok(ExprSimplifyResult::Original(args));
         }
-        let escaped = node.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-        let (Some(equal), Some(pattern)) = (literal(node.to_string()), literal(format!("{escaped}/%")))
+        let escaped = node
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        let (Some(equal), Some(pattern)) =
+            (literal(node.to_string()), literal(format!("{escaped}/%")))
         else {
             return Ok(ExprSimplifyResult::Original(args));
         };
         let path = args[0].clone();
-        let like = Expr::Like(Like::new(false, Box::new(path.clone()), Box::new(pattern), None, false));
+        let like = Expr::Like(Like::new(
+            false,
+            Box::new(path.clone()),
+            Box::new(pattern),
+            None,
+            false,
+        ));
         Ok(ExprSimplifyResult::Simplified(path.eq(equal).or(like)))
     }
 
@@ -292,7 +325,10 @@ impl ScalarUDFImpl for PathIsUnder {
                 "True when a path is the node or lies under it (every path is under the root ''). With a literal node it becomes a prefix predicate that prunes Parquet row groups.",
                 "path_is_under(p text, node text) → boolean",
                 "SELECT count(*) FROM traces WHERE path_is_under(declaration, 'Delivery');",
-                &[("p", "Category path."), ("node", "Node of the same tree ('' = root).")],
+                &[
+                    ("p", "Category path."),
+                    ("node", "Node of the same tree ('' = root)."),
+                ],
             )
         });
         Some(&DOC)
@@ -312,7 +348,9 @@ pub struct PathChild {
 
 impl Default for PathChild {
     fn default() -> Self {
-        Self { signature: Signature::user_defined(Volatility::Immutable) }
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
     }
 }
 
@@ -325,16 +363,22 @@ impl ScalarUDFImpl for PathChild {
     }
     fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
         arity(self.name(), "path_child(p, node)", types, 2)?;
-        Ok(vec![text_arg(self.name(), "p", &types[0])?, text_arg(self.name(), "node", &types[1])?])
+        Ok(vec![
+            text_arg(self.name(), "p", &types[0])?,
+            text_arg(self.name(), "node", &types[1])?,
+        ])
     }
     fn return_type(&self, types: &[DataType]) -> Result<DataType> {
         Ok(text_result(&types[0]))
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let out_type = args.return_field.data_type().clone();
-        with_node(self.name(), &args, |p, node| child(p, node).map(str::to_string), |p, node| {
-            map_to_text(p, &|p| child(p, node))
-        })
+        with_node(
+            self.name(),
+            &args,
+            |p, node| child(p, node).map(str::to_string),
+            |p, node| map_to_text(p, &|p| child(p, node)),
+        )
         .and_then(|v| match v {
             // the row-by-row path builds `Utf8`; give back the declared type
             ColumnarValue::Array(a) if a.data_type() != &out_type => {
@@ -350,7 +394,10 @@ impl ScalarUDFImpl for PathChild {
                 "The child of a node on the way to a path: path_child('A/B/C', 'A') = 'A/B', path_child('A/B/C', '') = 'A'; NULL when the path is not strictly under the node.",
                 "path_child(p text, node text) → text",
                 "SELECT path_child(declaration, 'Delivery') AS child, count(*) FROM traces WHERE path_is_under(declaration, 'Delivery') GROUP BY 1;",
-                &[("p", "Category path."), ("node", "Node of the same tree ('' = root).")],
+                &[
+                    ("p", "Category path."),
+                    ("node", "Node of the same tree ('' = root)."),
+                ],
             )
         });
         Some(&DOC)
@@ -367,7 +414,10 @@ fn text_result(path_type: &DataType) -> DataType {
 
 /// Runs a `(path, level)` function: with a scalar level, over the path array (once
 /// per dictionary value); with a level per row, row by row.
-fn with_level(args: &ScalarFunctionArgs, f: fn(&str, i64) -> Option<&str>) -> Result<ColumnarValue> {
+fn with_level(
+    args: &ScalarFunctionArgs,
+    f: fn(&str, i64) -> Option<&str>,
+) -> Result<ColumnarValue> {
     let out_type = args.return_field.data_type();
     match &args.args[1] {
         ColumnarValue::Scalar(ScalarValue::Int64(Some(n))) => {
@@ -390,7 +440,12 @@ fn with_level(args: &ScalarFunctionArgs, f: fn(&str, i64) -> Option<&str>) -> Re
 
 /// Runs a `(path, node)` function: with a scalar node through `fast` (once per
 /// dictionary value), with a node per row through `row`.
-fn with_node<T, R, F>(name: &str, args: &ScalarFunctionArgs, row: R, fast: F) -> Result<ColumnarValue>
+fn with_node<T, R, F>(
+    name: &str,
+    args: &ScalarFunctionArgs,
+    row: R,
+    fast: F,
+) -> Result<ColumnarValue>
 where
     R: Fn(&str, &str) -> Option<T>,
     F: Fn(&dyn Array, &str) -> Result<ArrayRef>,
@@ -399,12 +454,17 @@ where
     match &args.args[1] {
         ColumnarValue::Scalar(node) => match scalar_text(name, "node", node)? {
             Some(node) => on_first_arg(&args.args[0], |p| fast(p, node)),
-            None => Ok(ColumnarValue::Scalar(ScalarValue::try_from(args.return_field.data_type())?)),
+            None => Ok(ColumnarValue::Scalar(ScalarValue::try_from(
+                args.return_field.data_type(),
+            )?)),
         },
         ColumnarValue::Array(nodes) => {
             let paths = plain_text(&args.args[0].to_array(args.number_rows)?)?;
             let nodes = plain_text(nodes)?;
-            let rows = paths.iter().zip(nodes.iter()).map(|(p, node)| row(p?, node?));
+            let rows = paths
+                .iter()
+                .zip(nodes.iter())
+                .map(|(p, node)| row(p?, node?));
             Ok(ColumnarValue::Array(ArrayRef::from_rows(rows)))
         }
     }

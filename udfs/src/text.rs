@@ -56,7 +56,12 @@ pub(crate) fn boolean_arg(function: &str, arg: &str, t: &DataType) -> Result<Dat
 }
 
 /// Fails unless exactly `expected` arguments were given; `syntax` is shown.
-pub(crate) fn arity(function: &str, syntax: &str, types: &[DataType], expected: usize) -> Result<()> {
+pub(crate) fn arity(
+    function: &str,
+    syntax: &str,
+    types: &[DataType],
+    expected: usize,
+) -> Result<()> {
     if types.len() == expected {
         Ok(())
     } else {
@@ -154,11 +159,18 @@ pub(crate) fn plain_text(array: &ArrayRef) -> Result<StringArray> {
 }
 
 /// The text of a scalar argument (`None` for NULL), or an error naming the argument.
-pub(crate) fn scalar_text<'a>(function: &str, arg: &str, value: &'a ScalarValue) -> Result<Option<&'a str>> {
+pub(crate) fn scalar_text<'a>(
+    function: &str,
+    arg: &str,
+    value: &'a ScalarValue,
+) -> Result<Option<&'a str>> {
     match value.try_as_str() {
         Some(text) => Ok(text),
         None if value.is_null() => Ok(None),
-        None => exec_err!("{function}: argument `{arg}` must be text, got {}", value.data_type()),
+        None => exec_err!(
+            "{function}: argument `{arg}` must be text, got {}",
+            value.data_type()
+        ),
     }
 }
 
