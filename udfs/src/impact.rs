@@ -26,7 +26,7 @@ use datafusion::logical_expr::{
 
 use crate::docs::function_doc;
 use crate::kpi::{SumAccumulator, SumGroups, Terms, sum_state_fields};
-use crate::text::{arity, map_text, numeric_arg, text_arg};
+use crate::text::{arity, map_text, numeric_arg, scalar_text, text_arg};
 
 /// The five weighted axes, in the argument order of `impact_weight`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,12 +119,12 @@ impl ImpactWeights {
         }
     }
 
-    /// Per row, the product of the five inherited weights of `columns` (in
-    /// [`Axis::ALL`] order). A NULL key weighs 1.0; an axis without weights is not
-    /// even read; a dictionary column is resolved once per distinct value.
-    pub fn row_weights(&self, columns: &[ArrayRef], rows: usize) -> Result<Float64Array> {
+    /// Per row, the product of the inherited weights of `columns`. A NULL key
+    /// weighs 1.0; an axis without weights is not even read; a dictionary column is
+    /// resolved once per distinct value.
+    pub fn row_weights(&self, columns: &[(Axis, ArrayRef)], rows: usize) -> Result<Float64Array> {
         let mut product = vec![1.0; rows];
-        for (axis, column) in Axis::ALL.into_iter().zip(columns) {
+        for &(axis, ref column) in columns {
             if self.axes[axis as usize].is_empty() {
                 continue;
             }
@@ -264,20 +264,29 @@ impl ScalarUDFImpl for ImpactWeight {
         Ok(DataType::Float64)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let all_scalar = args
-            .args
-            .iter()
-            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        let columns = ColumnarValue::values_to_arrays(&args.args)?;
-        let rows = columns.first().map_or(0, |c| c.len());
-        let weights = self.source.current().row_weights(&columns, rows)?;
-        if all_scalar {
-            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
-                &weights, 0,
-            )?))
-        } else {
-            Ok(ColumnarValue::Array(Arc::new(weights)))
+        let weights = self.source.current();
+        // a constant argument weighs the same on every row: resolved once
+        let mut constant = 1.0;
+        let mut columns = Vec::new();
+        for (axis, arg) in Axis::ALL.into_iter().zip(&args.args) {
+            match arg {
+                ColumnarValue::Scalar(key) => {
+                    if let Some(key) = scalar_text(self.name(), axis.name(), key)? {
+                        constant *= weights.weight(axis, key);
+                    }
+                }
+                ColumnarValue::Array(column) => columns.push((axis, Arc::clone(column))),
+            }
         }
+        if columns.is_empty() {
+            return Ok(ColumnarValue::Scalar(ScalarValue::Float64(Some(constant))));
+        }
+        let per_row = weights.row_weights(&columns, args.number_rows)?;
+        Ok(ColumnarValue::Array(if constant == 1.0 {
+            Arc::new(per_row)
+        } else {
+            Arc::new(per_row.unary::<_, Float64Type>(|w| w * constant))
+        }))
     }
     /// Binds the weights current at planning, so one query sees one snapshot.
     fn simplify(&self, args: Vec<Expr>, _info: &SimplifyContext) -> Result<ExprSimplifyResult> {
@@ -342,7 +351,8 @@ struct WeightedEffort(Arc<ImpactWeights>);
 impl Terms for WeightedEffort {
     fn terms(&self, args: &[ArrayRef]) -> Result<Float64Array> {
         let effort = args[5].as_primitive::<Float64Type>();
-        let weights = self.0.row_weights(&args[..5], effort.len())?;
+        let columns: Vec<(Axis, ArrayRef)> = Axis::ALL.into_iter().zip(args.iter().cloned()).collect();
+        let weights = self.0.row_weights(&columns, effort.len())?;
         Ok(weights
             .values()
             .iter()
@@ -471,13 +481,16 @@ mod tests {
     #[test]
     fn row_weights_multiply_the_axes_and_null_weighs_one() {
         let text = |v: Vec<Option<&str>>| Arc::new(StringArray::from(v)) as ArrayRef;
-        let columns = [
-            text(vec![Some("Delivery/Tracking"), Some("Payment"), None]),
-            text(vec![None, None, None]),
-            text(vec![None, None, None]),
-            text(vec![Some("phone"), Some("phone"), Some("web")]),
-            text(vec![Some("avoidable"), None, Some("avoidable")]),
-        ];
+        let columns: Vec<(Axis, ArrayRef)> = Axis::ALL
+            .into_iter()
+            .zip([
+                text(vec![Some("Delivery/Tracking"), Some("Payment"), None]),
+                text(vec![None, None, None]),
+                text(vec![None, None, None]),
+                text(vec![Some("phone"), Some("phone"), Some("web")]),
+                text(vec![Some("avoidable"), None, Some("avoidable")]),
+            ])
+            .collect();
         let out = weights().row_weights(&columns, 3).unwrap();
         assert_eq!(out.values().to_vec(), vec![3.0, 1.0, 1.5]);
     }
