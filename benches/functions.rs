@@ -36,7 +36,10 @@ fn paths(rows: usize) -> Vec<String> {
 fn encodings(values: &[String]) -> [(&'static str, ArrayRef); 2] {
     let dictionary: DictionaryArray<Int32Type> = values.iter().map(String::as_str).collect();
     let plain: StringArray = values.iter().map(|v| Some(v.as_str())).collect();
-    [("dictionary", Arc::new(dictionary)), ("plain", Arc::new(plain))]
+    [
+        ("dictionary", Arc::new(dictionary)),
+        ("plain", Arc::new(plain)),
+    ]
 }
 
 fn invoke(f: &ScalarUDF, args: &[ColumnarValue], rows: usize) -> ColumnarValue {
@@ -60,7 +63,11 @@ fn invoke(f: &ScalarUDF, args: &[ColumnarValue], rows: usize) -> ColumnarValue {
 fn path_functions(c: &mut Criterion) {
     let weights = ImpactWeights::new([
         (Axis::Declaration, "Reason 1".to_string(), 2.0),
-        (Axis::Declaration, "Reason 1/Sub-reason 7/Detail 19".to_string(), 0.5),
+        (
+            Axis::Declaration,
+            "Reason 1/Sub-reason 7/Detail 19".to_string(),
+            0.5,
+        ),
         (Axis::Category, "avoidable".to_string(), 2.0),
     ]);
     let f = Functions::new(SlaTable::default(), Arc::new(WeightsHandle::new(weights)));
@@ -68,7 +75,9 @@ fn path_functions(c: &mut Criterion) {
     let level = ColumnarValue::Scalar(ScalarValue::Int64(Some(2)));
     let node = ColumnarValue::Scalar(ScalarValue::Utf8(Some("Reason 1".into())));
     let mut group = c.benchmark_group("10M rows, 60 distinct paths");
-    group.sample_size(10).measurement_time(Duration::from_secs(4));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(4));
     for (encoding, paths) in encodings(&values) {
         let p = ColumnarValue::Array(paths);
         for (udf, extra) in [
@@ -87,9 +96,11 @@ fn path_functions(c: &mut Criterion) {
         let category = ColumnarValue::Scalar(ScalarValue::Utf8(Some("avoidable".into())));
         let none = ColumnarValue::Scalar(ScalarValue::Utf8(None));
         let args = [p.clone(), p.clone(), p.clone(), none, category];
-        group.bench_with_input(BenchmarkId::new("impact_weight", encoding), &args, |b, args| {
-            b.iter(|| invoke(&f.impact_weight, args, ROWS))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("impact_weight", encoding),
+            &args,
+            |b, args| b.iter(|| invoke(&f.impact_weight, args, ROWS)),
+        );
     }
     group.finish();
 }

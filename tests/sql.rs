@@ -65,7 +65,10 @@ impl AsyncDB for Wire {
             }
         }
         Ok(match columns {
-            Some(n) => DBOutput::Rows { types: vec![DefaultColumnType::Any; n], rows },
+            Some(n) => DBOutput::Rows {
+                types: vec![DefaultColumnType::Any; n],
+                rows,
+            },
             None => DBOutput::StatementComplete(affected),
         })
     }
@@ -101,7 +104,8 @@ async fn sql_logic_tests_pass_over_the_wire() {
         let port = server.port;
         let mut runner = Runner::new(move || async move {
             let conn = format!("host=127.0.0.1 port={port} user=tracecube dbname=tracecube");
-            let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+            let (client, connection) =
+                tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
             tokio::spawn(connection);
             Ok::<_, SqlError>(Wire(client))
         });

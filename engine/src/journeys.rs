@@ -20,14 +20,16 @@ pub fn view_statements(gap_seconds: i64) -> [String; 3] {
         .map(|f| format!("\"{}\"", f.name()))
         .collect::<Vec<_>>()
         .join(", ");
-    let journeys = format!(
-        "CREATE OR REPLACE VIEW journeys AS \
-         WITH ordered AS ( \
-           SELECT {columns}, path_segment(declaration, 1) AS journey_need, \
-             lag(ts) OVER w AS journey_prev_ts, lag(channel) OVER w AS journey_prev_channel, \
+    // One partitioning and order for every window, on plain columns, so the second
+    // window re-uses the first one's sort.
+    let window = "PARTITION BY customer_id, journey_need ORDER BY ts, contact_id";
+    let chain = format!(
+        "WITH base AS ( \
+           SELECT {columns}, path_segment(declaration, 1) AS journey_need FROM traces \
+         ), ordered AS ( \
+           SELECT *, lag(ts) OVER w AS journey_prev_ts, lag(channel) OVER w AS journey_prev_channel, \
              row_number() OVER w AS journey_rn \
-           FROM traces \
-           WINDOW w AS (PARTITION BY customer_id, path_segment(declaration, 1) ORDER BY ts, contact_id) \
+           FROM base WINDOW w AS ({window}) \
          ), starts AS ( \
            SELECT *, (journey_prev_ts IS NULL OR journey_prev_ts + {gap} < ts) AS journey_start \
            FROM ordered \
@@ -35,27 +37,29 @@ pub fn view_statements(gap_seconds: i64) -> [String; 3] {
            SELECT *, \
              max(CASE WHEN journey_start THEN journey_rn END) OVER s AS journey_start_rn, \
              last_value(CASE WHEN journey_start THEN contact_id END) IGNORE NULLS OVER s AS journey_id \
-           FROM starts \
-           WINDOW s AS (PARTITION BY customer_id, journey_need ORDER BY ts, contact_id \
-                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) \
-         ) \
+           FROM starts WINDOW s AS ({window} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) \
+         )"
+    );
+    let journeys = format!(
+        "CREATE OR REPLACE VIEW journeys AS {chain} \
          SELECT {columns}, journey_id, \
            CAST(journey_rn - journey_start_rn + 1 AS INT) AS journey_seq, \
            CASE WHEN journey_start THEN NULL ELSE journey_prev_channel END AS prev_channel \
          FROM marked"
     );
+    // Grouped by the window keys plus the journey's first row number.
     let summary = format!(
-        "CREATE OR REPLACE VIEW journey_summary AS \
-         SELECT journey_id, customer_id, path_segment(declaration, 1) AS need, \
+        "CREATE OR REPLACE VIEW journey_summary AS {chain} \
+         SELECT max(journey_id) AS journey_id, customer_id, journey_need AS need, \
            min(ts) AS started_at, max(ts) AS ended_at, count(*) AS contacts, \
            count(DISTINCT channel) AS channels, \
-           first_value(channel ORDER BY journey_seq) AS first_channel, \
-           last_value(channel ORDER BY journey_seq) AS last_channel, \
+           first_value(channel ORDER BY ts, contact_id) AS first_channel, \
+           last_value(channel ORDER BY ts, contact_id) AS last_channel, \
            (count(*) = 1 AND bool_and(resolved)) AS fcr, \
-           (NOT last_value(resolved ORDER BY journey_seq) \
+           (NOT last_value(resolved ORDER BY ts, contact_id) \
              AND max(ts) + {gap} < (SELECT max(ts) FROM traces)) AS gave_up \
-         FROM journeys \
-         GROUP BY journey_id, customer_id, path_segment(declaration, 1)"
+         FROM marked \
+         GROUP BY customer_id, journey_need, journey_start_rn"
     );
     let transitions = "CREATE OR REPLACE VIEW channel_transitions AS \
          SELECT prev_channel AS from_channel, channel AS to_channel, count(*) AS contacts \

@@ -351,7 +351,8 @@ struct WeightedEffort(Arc<ImpactWeights>);
 impl Terms for WeightedEffort {
     fn terms(&self, args: &[ArrayRef]) -> Result<Float64Array> {
         let effort = args[5].as_primitive::<Float64Type>();
-        let columns: Vec<(Axis, ArrayRef)> = Axis::ALL.into_iter().zip(args.iter().cloned()).collect();
+        let columns: Vec<(Axis, ArrayRef)> =
+            Axis::ALL.into_iter().zip(args.iter().cloned()).collect();
         let weights = self.0.row_weights(&columns, effort.len())?;
         Ok(weights
             .values()
