@@ -97,11 +97,14 @@ async fn drilldown_of_every_node_sums_to_its_parent() {
     server.stop().await;
 }
 
+/// `(child, contacts, share_pct, csat_pct, service_level_pct)`
+type DrilldownRow = (String, i64, f64, Option<f64>, Option<f64>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drilldown_matches_the_hand_written_query_and_its_shares_add_up() {
     let (_wh, server) = loaded().await;
     let client = server.connect().await;
-    let by_function: Vec<(String, i64, f64, Option<f64>, Option<f64>)> = client
+    let by_function: Vec<DrilldownRow> = client
         .query(
             "SELECT child, contacts, share_pct, csat_pct, service_level_pct \
              FROM drilldown('declaration', 'Delivery', DATE '2025-12-01', DATE '2026-03-31') ORDER BY child",

@@ -92,10 +92,10 @@ impl Sample {
             rows.sort_by_key(|&i| (self.ts(i), self.str("contact_id", i).unwrap().to_string()));
             let mut current: Vec<usize> = Vec::new();
             for i in rows {
-                if let Some(&last) = current.last() {
-                    if self.ts(i) - self.ts(last) > 7 * DAY_US {
-                        journeys.push(std::mem::take(&mut current));
-                    }
+                if let Some(&last) = current.last()
+                    && self.ts(i) - self.ts(last) > 7 * DAY_US
+                {
+                    journeys.push(std::mem::take(&mut current));
                 }
                 current.push(i);
             }
@@ -309,16 +309,16 @@ fn reasons_are_zipf_like_and_qualification_follows_declaration() {
     for i in 0..s.len() {
         let d = s.str("declaration", i).unwrap();
         *counts.entry(d).or_default() += 1;
-        if d == "Delivery/Tracking/Parcel not received" {
-            if let Some(q) = s.str("qualification", i) {
-                *behind_parcel
-                    .entry(q.split('/').next().unwrap())
-                    .or_default() += 1;
-            }
+        if d == "Delivery/Tracking/Parcel not received"
+            && let Some(q) = s.str("qualification", i)
+        {
+            *behind_parcel
+                .entry(q.split('/').next().unwrap())
+                .or_default() += 1;
         }
     }
     let mut ranked: Vec<(&str, usize)> = counts.into_iter().collect();
-    ranked.sort_by(|a, b| b.1.cmp(&a.1));
+    ranked.sort_by_key(|r| std::cmp::Reverse(r.1));
     assert_eq!(ranked[0].0, "Order/Status/Where is my order");
     let top = pct(ranked[0].1, s.len());
     assert!((15.0..=19.0).contains(&top), "where is my order {top}%");

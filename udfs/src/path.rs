@@ -164,7 +164,7 @@ impl ScalarUDFImpl for PathPrefix {
         Ok(text_result(&types[0]))
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        with_level(&args, |p, n| prefix(p, n))
+        with_level(&args, prefix)
     }
     fn documentation(&self) -> Option<&Documentation> {
         static DOC: LazyLock<Documentation> = LazyLock::new(|| {
@@ -219,7 +219,7 @@ impl ScalarUDFImpl for PathSegment {
         Ok(text_result(&types[0]))
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        with_level(&args, |p, n| segment(p, n))
+        with_level(&args, segment)
     }
     fn documentation(&self) -> Option<&Documentation> {
         static DOC: LazyLock<Documentation> = LazyLock::new(|| {
