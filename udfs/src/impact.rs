@@ -26,7 +26,7 @@ use datafusion::logical_expr::{
 
 use crate::docs::function_doc;
 use crate::kpi::{SumAccumulator, SumGroups, Terms, sum_state_fields};
-use crate::text::{arity, map_text, numeric_arg, scalar_text, text_arg};
+use crate::text::{arity, gather, map_text, numeric_arg, scalar_text, text_arg};
 
 /// The five weighted axes, in the argument order of `impact_weight`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -126,6 +126,21 @@ impl ImpactWeights {
         let mut product = vec![1.0; rows];
         for &(axis, ref column) in columns {
             if self.axes[axis as usize].is_empty() {
+                continue;
+            }
+            if let Some((weights, nulls)) = gather(column.as_ref(), &|key| self.weight(axis, key))?
+            {
+                // a NULL key weighs 1.0
+                match nulls {
+                    None => product.iter_mut().zip(&weights).for_each(|(p, w)| *p *= w),
+                    Some(nulls) => {
+                        for ((p, w), valid) in product.iter_mut().zip(&weights).zip(nulls.iter()) {
+                            if valid {
+                                *p *= w;
+                            }
+                        }
+                    }
+                }
                 continue;
             }
             let weights = map_text::<Float64Array, _, _>(column.as_ref(), &|key| {

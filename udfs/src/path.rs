@@ -18,7 +18,8 @@ use datafusion::logical_expr::{
 
 use crate::docs::function_doc;
 use crate::text::{
-    arity, integer_arg, map_text, map_to_text, on_first_arg, plain_text, scalar_text, text_arg,
+    arity, gather, integer_arg, map_text, map_to_text, on_first_arg, plain_text, scalar_text,
+    text_arg,
 };
 
 /// Number of segments of `p`; the root `''` has none.
@@ -110,8 +111,9 @@ impl ScalarUDFImpl for PathLevel {
         Ok(DataType::Int32)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        on_first_arg(&args.args[0], |p| {
-            map_text::<Int32Array, _, _>(p, &|p| Some(level(p)))
+        on_first_arg(&args.args[0], |p| match gather(p, &level)? {
+            Some((levels, nulls)) => Ok(Arc::new(Int32Array::new(levels.into(), nulls))),
+            None => map_text::<Int32Array, _, _>(p, &|p| Some(level(p))),
         })
     }
     fn documentation(&self) -> Option<&Documentation> {

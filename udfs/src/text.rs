@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, LargeStringArray, StringArray, StringViewArray,
+    downcast_integer_array,
 };
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::datatypes::ArrowNativeType;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::ColumnarValue;
@@ -146,6 +149,43 @@ where
         }
         other => return exec_err!("expected a text array, got {other}"),
     })
+}
+
+/// For a dictionary array: `f` once per dictionary value, gathered per row through
+/// the keys in one tight loop, with the rows' validity (a NULL key or value is
+/// invalid; its slot holds `V::default()`). `None` when `array` is not a dictionary.
+pub(crate) fn gather<V, F>(array: &dyn Array, f: &F) -> Result<Option<(Vec<V>, Option<NullBuffer>)>>
+where
+    V: Copy + Default,
+    F: Fn(&str) -> V,
+{
+    let Some(dictionary) = array.as_any_dictionary_opt() else {
+        return Ok(None);
+    };
+    let values = plain_text(dictionary.values())?;
+    let table: Vec<V> = values.iter().map(|v| v.map_or(V::default(), f)).collect();
+    let keys = dictionary.keys();
+    let per_row: Vec<V> = downcast_integer_array!(
+        keys => keys
+            .values()
+            .iter()
+            .map(|k| table.get(k.as_usize()).copied().unwrap_or_default())
+            .collect(),
+        other => return exec_err!("unsupported dictionary key type {other}")
+    );
+    let nulls = if values.null_count() == 0 {
+        keys.nulls().cloned()
+    } else {
+        let valid: Vec<bool> = downcast_integer_array!(
+            keys => keys
+                .iter()
+                .map(|k| k.is_some_and(|k| values.is_valid(k.as_usize())))
+                .collect(),
+            other => return exec_err!("unsupported dictionary key type {other}")
+        );
+        Some(NullBuffer::from(valid))
+    };
+    Ok(Some((per_row, nulls)))
 }
 
 /// `array` as a plain `Utf8` array, for the general (row by row) paths.
