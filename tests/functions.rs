@@ -5,8 +5,8 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{TestServer, TestWarehouse};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use common::{TestServer, TestWarehouse, simple_rows};
+use tokio_postgres::Client;
 
 const ROWS: u64 = 20_000;
 const SEED: u64 = 11;
@@ -255,20 +255,6 @@ async fn changing_a_weight_changes_impact_exactly_as_the_formula_says() {
         &formula_by_category(&client, phone_only).await,
     );
     server.stop().await;
-}
-
-fn simple_rows(messages: Vec<SimpleQueryMessage>) -> Vec<Vec<String>> {
-    messages
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("").to_string())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,8 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{TestServer, TestWarehouse, generated_channel_counts};
-use tokio_postgres::SimpleQueryMessage;
+use common::{TestServer, TestWarehouse, generated_channel_counts, simple_rows};
 
 const ROWS: u64 = 20_000;
 const SEED: u64 = 7;
@@ -17,20 +16,6 @@ async fn loaded_server() -> (TestWarehouse, TestServer) {
     wh.load(&[&src], Default::default()).await.unwrap();
     let server = TestServer::start(wh.config()).await;
     (wh, server)
-}
-
-fn simple_rows(messages: Vec<SimpleQueryMessage>) -> Vec<Vec<String>> {
-    messages
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("").to_string())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

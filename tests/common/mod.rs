@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 use tokio::sync::oneshot;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use tracecube_datasets::{GenOptions, generate_chunk};
 use tracecube_engine::load::{LoadOptions, LoadRecord, Loader};
 use tracecube_engine::{Config, Warehouse, catalog};
@@ -176,4 +176,19 @@ impl Drop for TestServer {
             let _ = s.send(());
         }
     }
+}
+
+/// The rows of a simple-protocol answer, as text (NULL as the empty string).
+pub fn simple_rows(messages: Vec<SimpleQueryMessage>) -> Vec<Vec<String>> {
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
 }
