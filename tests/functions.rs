@@ -138,13 +138,11 @@ async fn drilldown_matches_the_hand_written_query_and_its_shares_add_up() {
     server.stop().await;
 }
 
-/// Impact per category, through `impact()`.
-async fn impact_by_category(client: &Client) -> BTreeMap<String, f64> {
+/// `aggregate` per category (NULL category as `-`).
+async fn by_category(client: &Client, aggregate: &str) -> BTreeMap<String, f64> {
     client
         .query(
-            "SELECT coalesce(category, '-'), \
-                    impact(declaration, qualification, action, channel, category, effort) \
-             FROM traces GROUP BY 1",
+            &format!("SELECT coalesce(category, '-'), {aggregate} FROM traces GROUP BY 1"),
             &[],
         )
         .await
@@ -154,20 +152,18 @@ async fn impact_by_category(client: &Client) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// Impact per category, through `impact()`.
+async fn impact_by_category(client: &Client) -> BTreeMap<String, f64> {
+    by_category(
+        client,
+        "impact(declaration, qualification, action, channel, category, effort)",
+    )
+    .await
+}
+
 /// Σ weight × effort per category, with the weights written out by hand.
 async fn formula_by_category(client: &Client, weights_sql: &str) -> BTreeMap<String, f64> {
-    client
-        .query(
-            &format!(
-                "SELECT coalesce(category, '-'), sum(({weights_sql}) * effort) FROM traces GROUP BY 1"
-            ),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+    by_category(client, &format!("sum(({weights_sql}) * effort)")).await
 }
 
 fn assert_same(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) {

@@ -424,11 +424,7 @@ impl GroupsAccumulator for TallyGroups {
     }
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
         let counts = emit_to.take_needed(&mut self.counts);
-        Ok((0..3)
-            .map(|k| {
-                Arc::new(counts.iter().map(|c| c[k] as i64).collect::<Int64Array>()) as ArrayRef
-            })
-            .collect())
+        Ok(count_columns(&counts))
     }
     fn convert_to_state(
         &self,
@@ -448,15 +444,18 @@ impl GroupsAccumulator for TallyGroups {
                 c
             })
             .collect();
-        Ok((0..3)
-            .map(|k| {
-                Arc::new(counts.iter().map(|c| c[k] as i64).collect::<Int64Array>()) as ArrayRef
-            })
-            .collect())
+        Ok(count_columns(&counts))
     }
     fn size(&self) -> usize {
         self.counts.capacity() * size_of::<[u64; 3]>()
     }
+}
+
+/// The `[n, hit, miss]` state columns of per-group counts.
+fn count_columns(counts: &[[u64; 3]]) -> Vec<ArrayRef> {
+    (0..3)
+        .map(|k| Arc::new(counts.iter().map(|c| c[k] as i64).collect::<Int64Array>()) as ArrayRef)
+        .collect()
 }
 
 /// Whether `row` passes the aggregate's `FILTER (WHERE …)` clause, if any.
