@@ -11,6 +11,7 @@ use datafusion::catalog::{MemorySchemaProvider, Session, TableProvider};
 use datafusion::common::Result;
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown, col};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -18,7 +19,10 @@ use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContex
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use tokio::sync::Mutex;
 
+use crate::cubes::registry::{CubeRegistry, CubesTable};
+use crate::cubes::rewrite::CubeRewrite;
 use crate::journeys;
+use crate::server::queries::{QueriesTable, QueryLog};
 use crate::warehouse::{Table, Warehouse, WarehouseError};
 use crate::weights::WeightsTable;
 use tracecube_udfs::{Functions, SlaTable, WeightsHandle};
@@ -64,6 +68,11 @@ impl LiveTable {
                 provider,
             }),
         })
+    }
+
+    /// Which warehouse table this is.
+    pub fn table(&self) -> Table {
+        self.table
     }
 
     async fn provider(&self) -> Result<Arc<dyn TableProvider>> {
@@ -142,7 +151,26 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
         .with_information_schema(true)
         .with_default_catalog_and_schema(CATALOG, "public")
         .with_create_default_catalog_and_schema(true);
-    let ctx = SessionContext::new_with_config(config);
+    let cubes = CubeRegistry::open(warehouse).await?;
+    let queries = Arc::new(QueryLog::default());
+    // The server finds both here to scope and log each query.
+    let config = config
+        .with_extension(Arc::clone(&cubes))
+        .with_extension(Arc::clone(&queries));
+    let mut rules = datafusion::optimizer::Optimizer::new().rules;
+    // After expression simplification (constants folded, weights bound), before filters
+    // and projections are pushed into the scan.
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "simplify_expressions")
+        .map_or(0, |i| i + 1);
+    rules.insert(at, Arc::new(CubeRewrite::new(Arc::clone(&cubes))));
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_optimizer_rules(rules)
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     let traces = Arc::new(LiveTable::open(warehouse, Table::Traces).await?);
     ctx.register_table("traces", traces.clone())?;
 
@@ -159,6 +187,14 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
         .expect("default catalog exists")
         .register_schema(SYSTEM_SCHEMA, system)?;
     ctx.register_table(format!("{SYSTEM_SCHEMA}.loads").as_str(), loads.clone())?;
+    ctx.register_table(
+        format!("{SYSTEM_SCHEMA}.cubes").as_str(),
+        Arc::new(CubesTable::new(Arc::clone(&cubes))),
+    )?;
+    ctx.register_table(
+        format!("{SYSTEM_SCHEMA}.queries").as_str(),
+        Arc::new(QueriesTable::new(queries)),
+    )?;
 
     // Rejected rows are visible once their load committed: a load stopped between writing
     // its rejects and committing its rows leaves nothing behind.

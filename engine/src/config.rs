@@ -49,6 +49,90 @@ pub struct Config {
     pub sla_seconds: BTreeMap<String, i32>,
     /// Longest gap between two contacts of one journey, e.g. `"7 days"`, `"36 hours"`.
     pub journey_gap: String,
+    /// The cubes kept next to `traces`, by name (SPEC §2.3). An empty table turns cubes off.
+    pub cubes: BTreeMap<String, CubeConfig>,
+}
+
+/// One cube: its dimension columns (columns of `traces`) and how far back it keeps rows.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CubeConfig {
+    pub dimensions: Vec<String>,
+    /// Keep only rows whose time dimension (`minute` or `day`) is within this duration of
+    /// the newest one, e.g. `"7 days"`.
+    #[serde(default)]
+    pub retention: Option<String>,
+}
+
+impl CubeConfig {
+    fn new(dimensions: &[&str], retention: Option<&str>) -> Self {
+        CubeConfig {
+            dimensions: dimensions.iter().map(|d| d.to_string()).collect(),
+            retention: retention.map(str::to_string),
+        }
+    }
+
+    /// Parse the value of a `TRACECUBE_CUBES_<NAME>` variable: `dim, dim, …` optionally
+    /// followed by `; retention <duration>`.
+    fn parse(text: &str) -> Option<Self> {
+        let (dims, retention) = match text.split_once(';') {
+            Some((d, r)) => (
+                d,
+                Some(r.trim().strip_prefix("retention")?.trim().to_string()),
+            ),
+            None => (text, None),
+        };
+        let dimensions: Vec<String> = dims
+            .split(',')
+            .map(|d| d.trim().to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+            .collect();
+        (!dimensions.is_empty()).then_some(CubeConfig {
+            dimensions,
+            retention,
+        })
+    }
+}
+
+/// The default cube lattice, chosen from `benches/contactbench` (see `benches/README.md`):
+/// each dashboard question finds a cube hundreds of times smaller than `traces`.
+pub fn default_cubes() -> BTreeMap<String, CubeConfig> {
+    let axes = [
+        "declaration",
+        "qualification",
+        "action",
+        "channel",
+        "category",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        axes.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    [
+        ("cube_day", CubeConfig::new(&with(&["day"]), None)),
+        ("cube_axes", CubeConfig::new(&axes, None)),
+        (
+            "cube_declaration_day",
+            CubeConfig::new(&["declaration", "channel", "category", "day"], None),
+        ),
+        (
+            "cube_life_cycle",
+            CubeConfig::new(
+                &["life_stage", "tenure_year", "channel", "category", "day"],
+                None,
+            ),
+        ),
+        (
+            "cube_hour",
+            CubeConfig::new(&["weekday", "hour", "channel", "category", "day"], None),
+        ),
+        (
+            "cube_minute",
+            CubeConfig::new(&["declaration", "channel", "minute"], Some("7 days")),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 impl Default for Config {
@@ -86,6 +170,7 @@ impl Default for Config {
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
             journey_gap: "7 days".into(),
+            cubes: default_cubes(),
         }
     }
 }
@@ -117,8 +202,9 @@ impl Config {
 
     /// Apply `TRACECUBE_WAREHOUSE`, `TRACECUBE_TIME_ZONE`, `TRACECUBE_LISTEN`,
     /// `TRACECUBE_DEMO`, `TRACECUBE_DEFAULT_HOURLY_COST`, `TRACECUBE_HOURLY_COST_<CHANNEL>`,
-    /// `TRACECUBE_SLA_SECONDS_<CHANNEL>`, `TRACECUBE_JOURNEY_GAP` and
-    /// `TRACECUBE_STORAGE_<KEY>`.
+    /// `TRACECUBE_SLA_SECONDS_<CHANNEL>`, `TRACECUBE_JOURNEY_GAP`,
+    /// `TRACECUBE_CUBES_<NAME>` (`dim, dim, …[; retention <duration>]`, or `off` to drop the
+    /// cube; `TRACECUBE_CUBES_ALL=off` drops them all) and `TRACECUBE_STORAGE_<KEY>`.
     pub fn apply_env(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
@@ -146,6 +232,7 @@ impl Config {
                 }
                 "DEFAULT_HOURLY_COST" => self.default_hourly_cost = number(&value)?,
                 "JOURNEY_GAP" => self.journey_gap = value,
+                "CUBES_ALL" if matches!(value.trim(), "off" | "none") => self.cubes.clear(),
                 _ => {
                     if let Some(channel) = name.strip_prefix("HOURLY_COST_") {
                         let cost = number(&value)?;
@@ -158,6 +245,21 @@ impl Config {
                         })?;
                         self.sla_seconds
                             .insert(channel.to_ascii_lowercase(), seconds);
+                    } else if let Some(cube) = name.strip_prefix("CUBES_") {
+                        let cube = cube.to_ascii_lowercase();
+                        if matches!(value.trim(), "off" | "none" | "") {
+                            self.cubes.remove(&cube);
+                        } else {
+                            let def =
+                                CubeConfig::parse(&value).ok_or_else(|| ConfigError::Invalid {
+                                    key: key.clone(),
+                                    value: value.clone(),
+                                    reason:
+                                        "expected `dim, dim, …[; retention <duration>]` or `off`"
+                                            .into(),
+                                })?;
+                            self.cubes.insert(cube, def);
+                        }
                     } else if let Some(option) = name.strip_prefix("STORAGE_") {
                         self.storage.insert(option.to_ascii_lowercase(), value);
                     }
@@ -196,40 +298,15 @@ impl Config {
             }
         }
         self.journey_gap_seconds()?;
+        for (name, cube) in &self.cubes {
+            crate::cubes::CubeDef::new(name, cube)?;
+        }
         Ok(())
     }
 
-    /// The journey gap in seconds, from `journey_gap` (`<number> <unit>`, the unit one
-    /// of seconds, minutes, hours, days, weeks, singular or plural).
+    /// The journey gap in seconds, from `journey_gap`.
     pub fn journey_gap_seconds(&self) -> Result<i64, ConfigError> {
-        let invalid = |reason: &str| ConfigError::Invalid {
-            key: "journey_gap".into(),
-            value: self.journey_gap.clone(),
-            reason: reason.into(),
-        };
-        let text = self.journey_gap.trim().to_ascii_lowercase();
-        let (number, unit) = text
-            .split_once(char::is_whitespace)
-            .ok_or_else(|| invalid("expected a number and a unit, e.g. \"7 days\""))?;
-        let number: i64 = number
-            .parse()
-            .map_err(|_| invalid("the number must be a whole number"))?;
-        let unit = match unit.trim().trim_end_matches('s') {
-            "second" => 1,
-            "minute" => 60,
-            "hour" => 3_600,
-            "day" => 86_400,
-            "week" => 604_800,
-            _ => {
-                return Err(invalid(
-                    "the unit must be seconds, minutes, hours, days or weeks",
-                ));
-            }
-        };
-        if number <= 0 {
-            return Err(invalid("the gap must be positive"));
-        }
-        Ok(number * unit)
+        parse_duration("journey_gap", &self.journey_gap)
     }
 
     /// The configured time zone.
@@ -250,6 +327,39 @@ impl Config {
             .copied()
             .unwrap_or(self.default_hourly_cost)
     }
+}
+
+/// Seconds of a duration written `<number> <unit>`, the unit one of seconds, minutes,
+/// hours, days or weeks, singular or plural (`"7 days"`, `"36 hours"`).
+pub fn parse_duration(key: &str, value: &str) -> Result<i64, ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        key: key.into(),
+        value: value.to_string(),
+        reason: reason.into(),
+    };
+    let text = value.trim().to_ascii_lowercase();
+    let (number, unit) = text
+        .split_once(char::is_whitespace)
+        .ok_or_else(|| invalid("expected a number and a unit, e.g. \"7 days\""))?;
+    let number: i64 = number
+        .parse()
+        .map_err(|_| invalid("the number must be a whole number"))?;
+    let unit = match unit.trim().trim_end_matches('s') {
+        "second" => 1,
+        "minute" => 60,
+        "hour" => 3_600,
+        "day" => 86_400,
+        "week" => 604_800,
+        _ => {
+            return Err(invalid(
+                "the unit must be seconds, minutes, hours, days or weeks",
+            ));
+        }
+    };
+    if number <= 0 {
+        return Err(invalid("the duration must be positive"));
+    }
+    Ok(number * unit)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod catalog;
 pub mod config;
+pub mod cubes;
 pub mod demo;
 pub mod journeys;
 pub mod load;

@@ -137,8 +137,13 @@ impl Warehouse {
 
     /// URL of a table's folder.
     pub fn table_url(&self, table: Table) -> Url {
+        self.dir_url(table.dir())
+    }
+
+    /// URL of a folder under the warehouse root (`dir` without a trailing slash).
+    pub fn dir_url(&self, dir: &str) -> Url {
         self.root
-            .join(&format!("{}/", table.dir()))
+            .join(&format!("{dir}/"))
             .expect("table folder names are valid URL paths")
     }
 
@@ -152,17 +157,43 @@ impl Warehouse {
 
     /// Open `table` at its latest version.
     pub async fn table(&self, table: Table) -> Result<DeltaTable, WarehouseError> {
-        let mut t = DeltaTableBuilder::from_url(self.table_url(table))
-            .map_err(self.delta_error(table))?
+        self.open_dir(table.dir()).await
+    }
+
+    /// Open the Delta table in folder `dir` at its latest version.
+    pub async fn open_dir(&self, dir: &str) -> Result<DeltaTable, WarehouseError> {
+        let error = |source: deltalake::DeltaTableError| WarehouseError::Delta {
+            table: dir.to_string(),
+            url: self.dir_url(dir).to_string(),
+            source: Box::new(source),
+        };
+        let mut t = DeltaTableBuilder::from_url(self.dir_url(dir))
+            .map_err(error)?
             .with_storage_options(self.storage_options.clone())
             .build()
-            .map_err(self.delta_error(table))?;
-        t.load().await.map_err(self.delta_error(table))?;
+            .map_err(error)?;
+        t.load().await.map_err(error)?;
         Ok(t)
     }
 
     async fn create_if_missing(&self, table: Table) -> Result<(), WarehouseError> {
-        let url = self.table_url(table);
+        self.create_dir_if_missing(table.dir(), &table.schema(), table.partition_columns())
+            .await
+    }
+
+    /// Create an empty Delta table of `schema` in folder `dir` unless one exists there.
+    pub async fn create_dir_if_missing(
+        &self,
+        dir: &str,
+        schema: &SchemaRef,
+        partition_columns: Vec<String>,
+    ) -> Result<(), WarehouseError> {
+        let url = self.dir_url(dir);
+        let error = |source: deltalake::DeltaTableError| WarehouseError::Delta {
+            table: dir.to_string(),
+            url: url.to_string(),
+            source: Box::new(source),
+        };
         if url.scheme() == "file" {
             let path = url.to_file_path().map_err(|_| WarehouseError::Location {
                 location: url.to_string(),
@@ -173,28 +204,29 @@ impl Warehouse {
                 message: e.to_string(),
             })?;
         }
-        let t = DeltaTable::try_from_url_with_storage_options(url, self.storage_options.clone())
-            .await
-            .map_err(self.delta_error(table))?;
+        let t = DeltaTable::try_from_url_with_storage_options(
+            url.clone(),
+            self.storage_options.clone(),
+        )
+        .await
+        .map_err(error)?;
         if t.version().is_some() {
             return Ok(());
         }
-        let columns = table
-            .schema()
+        let columns = schema
             .fields()
             .iter()
             .map(|f| f.as_ref().try_into_kernel())
             .collect::<Result<Vec<StructField>, _>>()
-            .map_err(|e| {
-                self.delta_error(table)(deltalake::DeltaTableError::Generic(e.to_string()))
-            })?;
+            .map_err(|e| error(deltalake::DeltaTableError::Generic(e.to_string())))?;
+        let name = dir.rsplit('/').next().unwrap_or(dir);
         t.create()
-            .with_table_name(table.dir())
+            .with_table_name(name)
             .with_columns(columns)
-            .with_partition_columns(table.partition_columns())
+            .with_partition_columns(partition_columns)
             .with_save_mode(SaveMode::Ignore)
             .await
-            .map_err(self.delta_error(table))?;
+            .map_err(error)?;
         Ok(())
     }
 

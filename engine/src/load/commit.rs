@@ -33,7 +33,7 @@ fn delta_err(table: Table, url: url::Url) -> impl Fn(deltalake::DeltaTableError)
 }
 
 /// Parquet settings of stored files: zstd, dictionary pages, statistics, large row groups.
-fn writer_properties() -> WriterProperties {
+pub fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("valid zstd level"),
@@ -111,14 +111,14 @@ fn date_string(days: i32) -> String {
 }
 
 /// Commit the new rows of a load, sorted by (day, channel, declaration), in one commit
-/// that also records the sources as loaded. Returns the new `traces` version.
+/// that also records the sources as loaded. Returns the new `traces` version and the rows.
 pub async fn commit_traces(
     warehouse: &Warehouse,
     traces: DeltaTable,
     batches: Vec<RecordBatch>,
     sources: &[SourceFile],
     record: &mut LoadRecord,
-) -> Result<i64, LoadError> {
+) -> Result<(i64, Vec<RecordBatch>), LoadError> {
     let schema = traces_schema();
     let mut data = Vec::new();
     if !batches.is_empty() {
@@ -151,17 +151,17 @@ pub async fn commit_traces(
             .build(Some(snapshot), traces.log_store(), operation)
             .await
             .map_err(delta_err(Table::Traces, warehouse.table_url(Table::Traces)))?;
-        return Ok(done.version() as i64);
+        return Ok((done.version() as i64, data));
     }
     let table = traces
-        .write(data)
+        .write(data.clone())
         .with_save_mode(SaveMode::Append)
         .with_partition_columns(["day"])
         .with_writer_properties(writer_properties())
         .with_commit_properties(commit)
         .await
         .map_err(delta_err(Table::Traces, warehouse.table_url(Table::Traces)))?;
-    Ok(table.version().unwrap_or_default() as i64)
+    Ok((table.version().unwrap_or_default() as i64, data))
 }
 
 /// Row order (day, channel, declaration) of a `traces` batch. Channels and declarations

@@ -7,6 +7,8 @@ pub mod derive;
 pub mod source;
 pub mod validate;
 
+pub use commit::writer_properties as stored_writer_properties;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -346,17 +348,81 @@ impl<'a> Loader<'a> {
         if !rejected.is_empty() {
             commit::write_rejects(self.warehouse, load_id, &rejected).await?;
         }
-        let version =
+        let before = traces.version().map_or(0, |v| v as i64);
+        let before_was_empty = traces
+            .snapshot()
+            .map_or(true, |s| s.log_data().num_files() == 0);
+        let (version, rows) =
             commit::commit_traces(self.warehouse, traces, batches, &fresh, &mut record).await?;
         record.traces_version = Some(version);
         tracing::debug!(
             "committed traces version {version} at {:?}",
             started.elapsed()
         );
+        bar.set_message("refreshing cubes");
+        self.refresh_cubes(&rows, before, before_was_empty, version)
+            .await;
+        drop(rows);
+        tracing::debug!("cubes refreshed at {:?}", started.elapsed());
         record.finished_at = now_micros();
         commit::record_load(self.warehouse, &record).await?;
         bar.finish_and_clear();
         Ok(record)
+    }
+}
+
+impl Loader<'_> {
+    /// Bring the cubes to the `traces` version a load committed. A failure is logged and
+    /// leaves the cube stale (never used, rebuilt by the next load or `tracecube compact`):
+    /// the load itself is committed.
+    async fn refresh_cubes(
+        &self,
+        rows: &[RecordBatch],
+        before: i64,
+        before_was_empty: bool,
+        after: i64,
+    ) {
+        let result = if after == before + 1 {
+            crate::cubes::build::refresh_after_load(
+                self.warehouse,
+                rows,
+                before,
+                before_was_empty,
+                after,
+            )
+            .await
+        } else {
+            // Another commit came between: this load's rows alone do not make the cubes
+            // whole again.
+            self.rebuild_cubes().await
+        };
+        match result {
+            Ok(report) => {
+                for r in report {
+                    tracing::info!(
+                        "cube {}: {} {} rows in {:.2} s (traces version {})",
+                        r.cube,
+                        r.action,
+                        r.rows,
+                        r.seconds,
+                        r.traces_version
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(
+                "the load is committed but a cube could not be refreshed and will not be used until rebuilt (tracecube compact): {e}"
+            ),
+        }
+    }
+
+    async fn rebuild_cubes(
+        &self,
+    ) -> Result<Vec<crate::cubes::build::CubeRefresh>, crate::cubes::build::CubeError> {
+        let mut report = Vec::new();
+        for def in crate::cubes::CubeDef::all(&self.warehouse.config().cubes)? {
+            report.push(crate::cubes::build::rebuild(self.warehouse, &def).await?);
+        }
+        Ok(report)
     }
 }
 

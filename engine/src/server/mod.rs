@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
-use datafusion_postgres::DfSessionService;
+pub mod queries;
+
+use crate::cubes::registry::CubeRegistry;
 use datafusion_postgres::pgwire::api::auth::StartupHandler;
 use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
 use datafusion_postgres::pgwire::api::cancel::DefaultCancelHandler;
@@ -18,6 +20,7 @@ use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use datafusion_postgres::pgwire::tokio::process_socket;
 use futures::Sink;
+use queries::{QueryHandler, QueryLog};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -89,7 +92,7 @@ impl StartupHandler for StartupCheck {
 }
 
 struct Handlers {
-    session: Arc<DfSessionService>,
+    session: Arc<QueryHandler>,
     startup: Arc<StartupCheck>,
     cancel: Arc<DefaultCancelHandler>,
 }
@@ -148,8 +151,17 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let connections = Arc::new(ConnectionManager::new());
+        let config = ctx.state().config().clone();
+        let (Some(cubes), Some(log)) = (
+            config.get_extension::<CubeRegistry>(),
+            config.get_extension::<QueryLog>(),
+        ) else {
+            return Err(std::io::Error::other(
+                "the session was not built by catalog::session (no cube registry or query log)",
+            ));
+        };
         let handlers = Arc::new(Handlers {
-            session: Arc::new(DfSessionService::new(Arc::new(ctx))),
+            session: Arc::new(QueryHandler::new(Arc::new(ctx), cubes, log)),
             startup: Arc::new(StartupCheck {
                 inner: LoopbackOnly {
                     connections: connections.clone(),

@@ -1,0 +1,539 @@
+//! Computing and writing cube rows.
+//!
+//! A load appends to each cube the partial rows of its own new traces, in the same
+//! command, with a Delta transaction recording the `traces` version they bring the cube
+//! to. Coarser cubes are aggregated from the partial rows of a finer one rather than
+//! from the traces. A cube that does not reflect the `traces` version the load started
+//! from (a load stopped half-way, a new definition) is rebuilt from `traces` instead.
+//! [`compact`] merges each cube's partial rows and small files, and applies retentions.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use deltalake::DeltaTable;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use super::{COMPLETE_FROM_TXN, CubeDef, MEASURES, TRACES_VERSION_TXN, sla_case};
+use crate::warehouse::{Table, Warehouse, WarehouseError};
+
+/// Errors computing or writing cubes.
+#[derive(Debug, thiserror::Error)]
+pub enum CubeError {
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    #[error("cube {cube}: {source}")]
+    Query {
+        cube: String,
+        source: Box<datafusion::error::DataFusionError>,
+    },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// What a refresh did to one cube.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CubeRefresh {
+    pub cube: String,
+    /// `appended`, `rebuilt` or `compacted`.
+    pub action: &'static str,
+    /// Rows written.
+    pub rows: u64,
+    /// The `traces` version the cube now reflects.
+    pub traces_version: i64,
+    pub seconds: f64,
+}
+
+/// What a cube table says about itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CubeStatus {
+    /// The `traces` version the cube reflects; `None` when it was never filled.
+    pub traces_version: Option<i64>,
+    /// For a cube with a retention: the first instant (µs) from which it is complete.
+    pub complete_from: Option<i64>,
+    pub rows: u64,
+    pub bytes: u64,
+    pub files: u64,
+    /// The cube table's own Delta version.
+    pub version: i64,
+}
+
+/// Read what `table` (a cube) records: the versions of its transactions and its size.
+pub async fn status(table: &DeltaTable) -> Result<CubeStatus, deltalake::DeltaTableError> {
+    let snapshot = table.snapshot()?;
+    let store = table.log_store();
+    let traces_version = snapshot
+        .transaction_version(store.as_ref(), TRACES_VERSION_TXN)
+        .await?;
+    let complete_from = snapshot
+        .transaction_version(store.as_ref(), COMPLETE_FROM_TXN)
+        .await?;
+    let mut status = CubeStatus {
+        traces_version,
+        complete_from,
+        version: table.version().map_or(0, |v| v as i64),
+        ..Default::default()
+    };
+    for file in snapshot.log_data().iter() {
+        status.files += 1;
+        status.bytes += file.size().max(0) as u64;
+        status.rows += file.num_records().unwrap_or(0) as u64;
+    }
+    Ok(status)
+}
+
+/// Parquet settings of cube files: small row groups, so that a time filter prunes well.
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid zstd level"),
+        ))
+        .set_dictionary_enabled(true)
+        .set_max_row_group_row_count(Some(1 << 16))
+        .build()
+}
+
+fn quoted(column: &str) -> String {
+    format!("\"{column}\"")
+}
+
+/// `SELECT dims, measures FROM source [WHERE …] GROUP BY dims [ORDER BY time]`: from trace
+/// rows when `from_traces`, else re-aggregating partial cube rows.
+fn aggregate_sql(
+    def: &CubeDef,
+    slas: &std::collections::BTreeMap<String, i32>,
+    source: &str,
+    from_traces: bool,
+    filter: Option<String>,
+) -> String {
+    let dims: Vec<String> = def.dimensions.iter().map(|d| quoted(d)).collect();
+    let sla = sla_case(slas);
+    let measures: Vec<String> = MEASURES
+        .iter()
+        .map(|(name, _, sql)| {
+            if from_traces {
+                format!("{} AS {name}", sql.replace("{sla}", &sla))
+            } else {
+                format!("sum({name}) AS {name}")
+            }
+        })
+        .collect();
+    let mut text = format!(
+        "SELECT {}, {} FROM {source}",
+        dims.join(", "),
+        measures.join(", ")
+    );
+    if let Some(f) = filter {
+        text.push_str(&format!(" WHERE {f}"));
+    }
+    text.push_str(&format!(" GROUP BY {}", dims.join(", ")));
+    if let Some(time) = def.time_dimension() {
+        text.push_str(&format!(" ORDER BY {}", quoted(time)));
+    }
+    text
+}
+
+/// The time column of a retention as microseconds, in SQL.
+fn micros_sql(column: &str) -> String {
+    match column {
+        "day" => format!(
+            "CAST(CAST({} AS INT) AS BIGINT) * 86400000000",
+            quoted(column)
+        ),
+        _ => format!("CAST({} AS BIGINT)", quoted(column)),
+    }
+}
+
+/// A session for building cubes.
+fn build_session() -> SessionContext {
+    SessionContext::new_with_config(SessionConfig::new().with_batch_size(64 * 1024))
+}
+
+async fn run(ctx: &SessionContext, cube: &str, sql: &str) -> Result<Vec<RecordBatch>, CubeError> {
+    let query = |source| CubeError::Query {
+        cube: cube.to_string(),
+        source: Box::new(source),
+    };
+    ctx.sql(sql)
+        .await
+        .map_err(query)?
+        .collect()
+        .await
+        .map_err(query)
+}
+
+/// The newest instant (µs) of `column` in `source`, if any row.
+async fn newest(
+    ctx: &SessionContext,
+    cube: &str,
+    source: &str,
+    column: &str,
+) -> Result<Option<i64>, CubeError> {
+    let batches = run(
+        ctx,
+        cube,
+        &format!("SELECT max({}) FROM {source}", micros_sql(column)),
+    )
+    .await?;
+    Ok(batches
+        .first()
+        .map(|b| b.column(0).as_primitive::<Int64Type>())
+        .filter(|a| a.is_valid(0))
+        .map(|a| a.value(0)))
+}
+
+/// Cast `batches` to the cube's schema (string views and nullability as stored).
+fn conform(
+    def: &CubeDef,
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<Vec<RecordBatch>, CubeError> {
+    let error = |e: datafusion::arrow::error::ArrowError| CubeError::Query {
+        cube: def.name.clone(),
+        source: Box::new(e.into()),
+    };
+    batches
+        .into_iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| {
+            let columns = schema
+                .fields()
+                .iter()
+                .zip(b.columns())
+                .map(|(f, c)| cast(c, f.data_type()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(error)?;
+            RecordBatch::try_new(schema.clone(), columns).map_err(error)
+        })
+        .collect()
+}
+
+/// Open the cube's table, creating it when missing.
+async fn open(warehouse: &Warehouse, def: &CubeDef) -> Result<DeltaTable, CubeError> {
+    let dir = def.dir(&warehouse.config().sla_seconds);
+    warehouse
+        .create_dir_if_missing(&dir, &def.schema(), vec![])
+        .await?;
+    Ok(warehouse.open_dir(&dir).await?)
+}
+
+/// Write `batches` to the cube in one commit that records the `traces` version they
+/// reflect (and where a retention cube is complete from).
+async fn write(
+    warehouse: &Warehouse,
+    def: &CubeDef,
+    table: DeltaTable,
+    batches: Vec<RecordBatch>,
+    mode: SaveMode,
+    traces_version: i64,
+    complete_from: Option<i64>,
+) -> Result<u64, CubeError> {
+    let schema = def.schema();
+    let mut data = conform(def, &schema, batches)?;
+    let rows = data.iter().map(|b| b.num_rows() as u64).sum();
+    if data.is_empty() {
+        data.push(RecordBatch::new_empty(schema));
+    }
+    let mut txns = vec![Transaction::new(TRACES_VERSION_TXN, traces_version)];
+    if let Some(from) = complete_from {
+        txns.push(Transaction::new(COMPLETE_FROM_TXN, from));
+    }
+    let dir = def.dir(&warehouse.config().sla_seconds);
+    table
+        .write(data)
+        .with_save_mode(mode)
+        .with_writer_properties(writer_properties())
+        .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
+        .await
+        .map_err(|e| WarehouseError::Delta {
+            table: dir.clone(),
+            url: warehouse.dir_url(&dir).to_string(),
+            source: Box::new(e),
+        })?;
+    Ok(rows)
+}
+
+fn delta_error(
+    warehouse: &Warehouse,
+    def: &CubeDef,
+) -> impl Fn(deltalake::DeltaTableError) -> CubeError {
+    let dir = def.dir(&warehouse.config().sla_seconds);
+    let url = warehouse.dir_url(&dir).to_string();
+    move |e| {
+        CubeError::Warehouse(WarehouseError::Delta {
+            table: dir.clone(),
+            url: url.clone(),
+            source: Box::new(e),
+        })
+    }
+}
+
+/// Bring every cube to `traces` version `after`, which a load reached from `before` by
+/// committing `new_rows` (`before_was_empty`: `traces` held no file at `before`).
+pub async fn refresh_after_load(
+    warehouse: &Warehouse,
+    new_rows: &[RecordBatch],
+    before: i64,
+    before_was_empty: bool,
+    after: i64,
+) -> Result<Vec<CubeRefresh>, CubeError> {
+    let config = warehouse.config();
+    let defs = CubeDef::all(&config.cubes)?;
+    if defs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctx = build_session();
+    if let Some(first) = new_rows.first() {
+        let parts = ctx.state().config().target_partitions().max(1);
+        let chunk = new_rows.len().div_ceil(parts).max(1);
+        let partitions: Vec<Vec<RecordBatch>> = new_rows
+            .chunks(chunk)
+            .map(<[RecordBatch]>::to_vec)
+            .collect();
+        let table =
+            MemTable::try_new(first.schema(), partitions).map_err(|e| CubeError::Query {
+                cube: "(new traces)".into(),
+                source: Box::new(e),
+            })?;
+        ctx.register_table("new_traces", Arc::new(table))
+            .expect("fresh session");
+    }
+    let mut done: Vec<(&CubeDef, u64)> = Vec::new();
+    let mut report = Vec::new();
+    for def in &defs {
+        let started = Instant::now();
+        let table = open(warehouse, def).await?;
+        let status = status(&table).await.map_err(delta_error(warehouse, def))?;
+        let reflects = status.traces_version.or_else(|| {
+            // A cube created empty next to an empty `traces` reflects it.
+            (before_was_empty && status.rows == 0).then_some(before)
+        });
+        if reflects != Some(before) {
+            tracing::info!(
+                "cube {} reflects traces version {:?}, not {before}: rebuilding it",
+                def.name,
+                status.traces_version
+            );
+            report.push(rebuild(warehouse, def).await?);
+            continue;
+        }
+        if new_rows.is_empty() {
+            let rows = write(
+                warehouse,
+                def,
+                table,
+                vec![],
+                SaveMode::Append,
+                after,
+                status.complete_from,
+            )
+            .await?;
+            report.push(refreshed(def, "appended", rows, after, started));
+            continue;
+        }
+        // The finest cube already computed for this load that has every dimension.
+        let parent = done
+            .iter()
+            .filter(|(p, _)| {
+                p.retention.is_none() && def.dimensions.iter().all(|d| p.has_dimension(d))
+            })
+            .min_by_key(|(_, rows)| *rows)
+            .map(|(p, _)| p.name.clone());
+        let (source, from_traces) = match &parent {
+            Some(p) => (format!("partial_{p}"), false),
+            None => ("new_traces".to_string(), true),
+        };
+        let mut filter = None;
+        let mut complete_from = None;
+        if let Some(retention) = &def.retention {
+            if let Some(newest) = newest(&ctx, &def.name, "new_traces", &retention.column).await? {
+                let bound = newest - retention.seconds * 1_000_000;
+                complete_from = Some(status.complete_from.map_or(bound, |c| c.max(bound)));
+                filter = Some(format!("{} >= {bound}", micros_sql(&retention.column)));
+            }
+        }
+        let sql = aggregate_sql(def, &config.sla_seconds, &source, from_traces, filter);
+        let batches = run(&ctx, &def.name, &sql).await?;
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        if def.retention.is_none() && !batches.is_empty() {
+            let partial =
+                MemTable::try_new(batches[0].schema(), vec![batches.clone()]).map_err(|e| {
+                    CubeError::Query {
+                        cube: def.name.clone(),
+                        source: Box::new(e),
+                    }
+                })?;
+            ctx.register_table(format!("partial_{}", def.name).as_str(), Arc::new(partial))
+                .map_err(|e| CubeError::Query {
+                    cube: def.name.clone(),
+                    source: Box::new(e),
+                })?;
+            done.push((def, rows));
+        }
+        let written = write(
+            warehouse,
+            def,
+            table,
+            batches,
+            SaveMode::Append,
+            after,
+            complete_from,
+        )
+        .await?;
+        report.push(refreshed(def, "appended", written, after, started));
+    }
+    Ok(report)
+}
+
+fn refreshed(
+    def: &CubeDef,
+    action: &'static str,
+    rows: u64,
+    traces_version: i64,
+    started: Instant,
+) -> CubeRefresh {
+    let r = CubeRefresh {
+        cube: def.name.clone(),
+        action,
+        rows,
+        traces_version,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    tracing::debug!("{r:?}");
+    r
+}
+
+/// Rebuild a cube from `traces` at its latest version, replacing its rows.
+pub async fn rebuild(warehouse: &Warehouse, def: &CubeDef) -> Result<CubeRefresh, CubeError> {
+    let started = Instant::now();
+    let table = open(warehouse, def).await?;
+    let traces = warehouse.table(Table::Traces).await?;
+    let version = traces.version().map_or(0, |v| v as i64);
+    let provider = traces
+        .table_provider()
+        .await
+        .map_err(|e| warehouse.delta_error(Table::Traces)(e.into()))?;
+    let ctx = build_session();
+    ctx.register_table("traces", provider)
+        .map_err(|e| CubeError::Query {
+            cube: def.name.clone(),
+            source: Box::new(e),
+        })?;
+    let mut filter = None;
+    let mut complete_from = None;
+    if let Some(retention) = &def.retention {
+        if let Some(newest) = newest(&ctx, &def.name, "traces", &retention.column).await? {
+            let bound = newest - retention.seconds * 1_000_000;
+            complete_from = Some(bound);
+            filter = Some(format!("{} >= {bound}", micros_sql(&retention.column)));
+        }
+    }
+    let sql = aggregate_sql(def, &warehouse.config().sla_seconds, "traces", true, filter);
+    let batches = run(&ctx, &def.name, &sql).await?;
+    let rows = write(
+        warehouse,
+        def,
+        table,
+        batches,
+        SaveMode::Overwrite,
+        version,
+        complete_from,
+    )
+    .await?;
+    Ok(refreshed(def, "rebuilt", rows, version, started))
+}
+
+/// Compact one cube: merge its partial rows into one row per cell and its files into
+/// few, and drop rows a retention no longer keeps. The cube then reflects `traces` at
+/// `version`, which holds the same rows as `same_rows_as` (a compaction of `traces` moves
+/// its version without changing its rows). A stale cube is rebuilt instead.
+pub async fn compact_cube(
+    warehouse: &Warehouse,
+    def: &CubeDef,
+    same_rows_as: i64,
+    version: i64,
+) -> Result<CubeRefresh, CubeError> {
+    let started = Instant::now();
+    let table = open(warehouse, def).await?;
+    let status = status(&table).await.map_err(delta_error(warehouse, def))?;
+    if !matches!(status.traces_version, Some(v) if v == same_rows_as || v == version) {
+        return rebuild(warehouse, def).await;
+    }
+    let provider = table
+        .table_provider()
+        .await
+        .map_err(|e| delta_error(warehouse, def)(e.into()))?;
+    let ctx = build_session();
+    ctx.register_table("cube", provider)
+        .map_err(|e| CubeError::Query {
+            cube: def.name.clone(),
+            source: Box::new(e),
+        })?;
+    let mut filter = None;
+    let mut complete_from = status.complete_from;
+    if let Some(retention) = &def.retention {
+        if let Some(newest) = newest(&ctx, &def.name, "cube", &retention.column).await? {
+            let bound = newest - retention.seconds * 1_000_000;
+            let from = complete_from.map_or(bound, |c| c.max(bound));
+            complete_from = Some(from);
+            filter = Some(format!("{} >= {from}", micros_sql(&retention.column)));
+        }
+    }
+    let sql = aggregate_sql(def, &warehouse.config().sla_seconds, "cube", false, filter);
+    let batches = run(&ctx, &def.name, &sql).await?;
+    let rows = write(
+        warehouse,
+        def,
+        table,
+        batches,
+        SaveMode::Overwrite,
+        version,
+        complete_from,
+    )
+    .await?;
+    Ok(refreshed(def, "compacted", rows, version, started))
+}
+
+/// What `tracecube compact` did.
+#[derive(Debug, Clone)]
+pub struct CompactReport {
+    pub traces_files_removed: u64,
+    pub traces_files_added: u64,
+    pub traces_version: i64,
+    pub traces_seconds: f64,
+    pub cubes: Vec<CubeRefresh>,
+}
+
+/// `tracecube compact`: merge the small files of `traces` (per day) and compact every cube.
+pub async fn compact(warehouse: &Warehouse) -> Result<CompactReport, CubeError> {
+    let started = Instant::now();
+    let traces = warehouse.table(Table::Traces).await?;
+    let before = traces.version().map_or(0, |v| v as i64);
+    let (traces, metrics) = traces
+        .optimize()
+        .with_writer_properties(crate::load::stored_writer_properties())
+        .await
+        .map_err(|e| warehouse.delta_error(Table::Traces)(e))?;
+    let after = traces.version().map_or(0, |v| v as i64);
+    let mut report = CompactReport {
+        traces_files_removed: metrics.num_files_removed,
+        traces_files_added: metrics.num_files_added,
+        traces_version: after,
+        traces_seconds: started.elapsed().as_secs_f64(),
+        cubes: Vec::new(),
+    };
+    for def in CubeDef::all(&warehouse.config().cubes)? {
+        report
+            .cubes
+            .push(compact_cube(warehouse, &def, before, after).await?);
+    }
+    Ok(report)
+}

@@ -1,0 +1,281 @@
+//! What the server knows of its cubes: for each, its definition, its size, the `traces`
+//! version it reflects and a table provider over it. [`CubeRegistry::refresh`] follows
+//! new commits (at most once per second); the rewrite reads [`CubeRegistry::current`]
+//! without waiting. `tracecube.cubes` shows the same state.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Result;
+use datafusion::datasource::{MemTable, TableType};
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use deltalake::DeltaTable;
+use tokio::sync::Mutex;
+
+use super::CubeDef;
+use super::build::{CubeStatus, status};
+use crate::schema::timestamp_type;
+use crate::warehouse::{Table, Warehouse, WarehouseError};
+
+/// How long the known versions are trusted before the logs are checked again.
+const FRESHNESS: Duration = Duration::from_secs(1);
+
+/// One cube as the server sees it.
+#[derive(Debug, Clone)]
+pub struct ServedCube {
+    pub def: CubeDef,
+    pub dir: String,
+    pub status: CubeStatus,
+    /// Reads the cube at `status.version`.
+    pub provider: Option<Arc<dyn TableProvider>>,
+}
+
+/// The cubes and the `traces` version they were checked against.
+#[derive(Debug, Clone, Default)]
+pub struct CubeSnapshot {
+    pub traces_version: Option<i64>,
+    pub cubes: Vec<ServedCube>,
+}
+
+impl CubeSnapshot {
+    /// Whether `cube` reflects the current `traces` and can be read.
+    pub fn is_fresh(&self, cube: &ServedCube) -> bool {
+        cube.provider.is_some()
+            && cube.status.traces_version.is_some()
+            && cube.status.traces_version == self.traces_version
+    }
+}
+
+/// Delta handles kept between refreshes.
+struct Handles {
+    checked: Option<Instant>,
+    traces: Option<DeltaTable>,
+    cubes: Vec<Option<DeltaTable>>,
+}
+
+/// The server's cubes.
+pub struct CubeRegistry {
+    warehouse: Warehouse,
+    defs: Vec<CubeDef>,
+    current: RwLock<Arc<CubeSnapshot>>,
+    handles: Mutex<Handles>,
+}
+
+impl std::fmt::Debug for CubeRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CubeRegistry")
+            .field("defs", &self.defs)
+            .finish()
+    }
+}
+
+impl CubeRegistry {
+    /// The cubes configured for `warehouse`, read once.
+    pub async fn open(warehouse: &Warehouse) -> Result<Arc<Self>, WarehouseError> {
+        let defs = CubeDef::all(&warehouse.config().cubes)?;
+        let registry = Arc::new(CubeRegistry {
+            warehouse: warehouse.clone(),
+            handles: Mutex::new(Handles {
+                checked: None,
+                traces: None,
+                cubes: vec![None; defs.len()],
+            }),
+            defs,
+            current: RwLock::new(Arc::new(CubeSnapshot::default())),
+        });
+        registry.refresh().await?;
+        Ok(registry)
+    }
+
+    /// The state last read: never waits.
+    pub fn current(&self) -> Arc<CubeSnapshot> {
+        self.current.read().expect("registry lock").clone()
+    }
+
+    /// Read new commits of `traces` and of the cubes, unless checked less than a second ago.
+    pub async fn refresh(&self) -> Result<(), WarehouseError> {
+        let mut handles = self.handles.lock().await;
+        if handles.checked.is_some_and(|t| t.elapsed() < FRESHNESS) {
+            return Ok(());
+        }
+        let traces_version = match &mut handles.traces {
+            Some(t) => latest(t, &self.warehouse, "traces").await?,
+            slot @ None => {
+                let t = self.warehouse.table(Table::Traces).await?;
+                let v = t.version().map(|v| v as i64);
+                *slot = Some(t);
+                v
+            }
+        };
+        let previous = self.current();
+        let mut cubes = Vec::with_capacity(self.defs.len());
+        for (i, def) in self.defs.iter().enumerate() {
+            let dir = def.dir(&self.warehouse.config().sla_seconds);
+            let known = previous.cubes.get(i).filter(|c| c.provider.is_some());
+            let slot = &mut handles.cubes[i];
+            if slot.is_none() {
+                // A cube no load has written yet has no table: it is simply not there.
+                match self.warehouse.open_dir(&dir).await {
+                    Ok(t) if t.version().is_some() => *slot = Some(t),
+                    _ => {
+                        cubes.push(ServedCube {
+                            def: def.clone(),
+                            dir,
+                            status: CubeStatus::default(),
+                            provider: None,
+                        });
+                        continue;
+                    }
+                }
+            }
+            let table = slot.as_mut().expect("opened above");
+            let version = latest(table, &self.warehouse, &dir).await?;
+            if let Some(known) = known.filter(|k| Some(k.status.version) == version) {
+                cubes.push(known.clone());
+                continue;
+            }
+            let error = |e: deltalake::DeltaTableError| WarehouseError::Delta {
+                table: dir.clone(),
+                url: self.warehouse.dir_url(&dir).to_string(),
+                source: Box::new(e),
+            };
+            let status = status(table).await.map_err(error)?;
+            let provider = table.table_provider().await.map_err(|e| error(e.into()))?;
+            cubes.push(ServedCube {
+                def: def.clone(),
+                dir,
+                status,
+                provider: Some(provider),
+            });
+        }
+        *self.current.write().expect("registry lock") = Arc::new(CubeSnapshot {
+            traces_version,
+            cubes,
+        });
+        handles.checked = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// Bring `table` to its latest version; returns it.
+async fn latest(
+    table: &mut DeltaTable,
+    warehouse: &Warehouse,
+    dir: &str,
+) -> Result<Option<i64>, WarehouseError> {
+    let error = |e: deltalake::DeltaTableError| WarehouseError::Delta {
+        table: dir.to_string(),
+        url: warehouse.dir_url(dir).to_string(),
+        source: Box::new(e),
+    };
+    let newest = table.get_latest_version().await.map_err(error)?;
+    if table.version() != Some(newest) {
+        table.update_incremental(None).await.map_err(error)?;
+    }
+    Ok(table.version().map(|v| v as i64))
+}
+
+/// `tracecube.cubes`: one row per configured cube.
+#[derive(Debug)]
+pub struct CubesTable {
+    registry: Arc<CubeRegistry>,
+}
+
+impl CubesTable {
+    pub fn new(registry: Arc<CubeRegistry>) -> Self {
+        CubesTable { registry }
+    }
+
+    fn batch(&self, snapshot: &CubeSnapshot) -> Result<RecordBatch> {
+        let cubes = &snapshot.cubes;
+        let text = |f: &dyn Fn(&ServedCube) -> Option<String>| -> ArrayRef {
+            Arc::new(cubes.iter().map(f).collect::<StringArray>())
+        };
+        let int = |f: &dyn Fn(&ServedCube) -> Option<i64>| -> ArrayRef {
+            Arc::new(cubes.iter().map(f).collect::<Int64Array>())
+        };
+        let columns: Vec<ArrayRef> = vec![
+            text(&|c| Some(c.def.name.clone())),
+            text(&|c| Some(c.def.dimensions.join(", "))),
+            text(&|c| {
+                c.def
+                    .retention
+                    .as_ref()
+                    .map(|r| format!("{} s on {}", r.seconds, r.column))
+            }),
+            text(&|c| Some(self.registry.warehouse.dir_url(&c.dir).to_string())),
+            int(&|c| Some(c.status.rows as i64)),
+            int(&|c| Some(c.status.bytes as i64)),
+            int(&|c| Some(c.status.files as i64)),
+            int(&|c| c.status.traces_version),
+            int(&|_| snapshot.traces_version),
+            Arc::new(
+                cubes
+                    .iter()
+                    .map(|c| Some(snapshot.is_fresh(c)))
+                    .collect::<BooleanArray>(),
+            ),
+            Arc::new(
+                cubes
+                    .iter()
+                    .map(|c| c.status.complete_from)
+                    .collect::<TimestampMicrosecondArray>()
+                    .with_timezone("UTC"),
+            ),
+        ];
+        Ok(RecordBatch::try_new(cubes_schema(), columns)?)
+    }
+}
+
+/// Columns of `tracecube.cubes`.
+pub fn cubes_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("dimensions", DataType::Utf8, false),
+        Field::new("retention", DataType::Utf8, true),
+        Field::new("location", DataType::Utf8, false),
+        Field::new("rows", DataType::Int64, false),
+        Field::new("bytes", DataType::Int64, false),
+        Field::new("files", DataType::Int64, false),
+        Field::new("source_version", DataType::Int64, true),
+        Field::new("traces_version", DataType::Int64, true),
+        Field::new("fresh", DataType::Boolean, false),
+        Field::new("complete_from", timestamp_type(), true),
+    ]))
+}
+
+#[async_trait]
+impl TableProvider for CubesTable {
+    fn schema(&self) -> SchemaRef {
+        cubes_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.registry
+            .refresh()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let batch = self.batch(&self.registry.current())?;
+        MemTable::try_new(cubes_schema(), vec![vec![batch]])?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}

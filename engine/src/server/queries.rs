@@ -1,0 +1,439 @@
+//! Serving one query: the session setting `tracecube.use_cubes`, the cube state refreshed
+//! before planning, and the query log `tracecube.queries` (recent queries with their
+//! duration, rows and the cubes that answered them).
+
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{ParamValues, ToDFSchema};
+use datafusion::datasource::{MemTable, TableType};
+use datafusion::logical_expr::{EmptyRelation, Expr, LogicalPlan};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{Set, Statement};
+use datafusion_postgres::hooks::HookClient;
+use datafusion_postgres::pgwire::api::portal::Portal;
+use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use datafusion_postgres::pgwire::api::results::{
+    DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag,
+};
+use datafusion_postgres::pgwire::api::store::PortalStore;
+use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
+use datafusion_postgres::{DfSessionService, QueryHook};
+use futures::{Sink, StreamExt};
+
+use crate::cubes::registry::CubeRegistry;
+use crate::cubes::rewrite::{QUERY, QueryScope};
+use crate::schema::timestamp_type;
+
+/// The session setting that turns the cube rewrite off (`SET tracecube.use_cubes = off`).
+pub const USE_CUBES: &str = "tracecube.use_cubes";
+/// How many recent queries `tracecube.queries` keeps.
+pub const QUERY_LOG_SIZE: usize = 1_000;
+
+/// One served query.
+#[derive(Debug, Clone)]
+struct LoggedQuery {
+    id: i64,
+    started_at: i64,
+    duration_ms: f64,
+    user: Option<String>,
+    query: String,
+    use_cubes: bool,
+    cubes: Option<String>,
+    rows: i64,
+    error: Option<String>,
+}
+
+/// The most recent queries, oldest first.
+#[derive(Debug, Default)]
+pub struct QueryLog {
+    entries: Mutex<(i64, VecDeque<LoggedQuery>)>,
+}
+
+impl QueryLog {
+    fn push(&self, mut entry: LoggedQuery) {
+        let mut guard = self.entries.lock().expect("query log lock");
+        guard.0 += 1;
+        entry.id = guard.0;
+        if guard.1.len() == QUERY_LOG_SIZE {
+            guard.1.pop_front();
+        }
+        guard.1.push_back(entry);
+    }
+
+    fn batch(&self) -> datafusion::common::Result<RecordBatch> {
+        let entries: Vec<LoggedQuery> = self
+            .entries
+            .lock()
+            .expect("query log lock")
+            .1
+            .iter()
+            .cloned()
+            .collect();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.id))),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(entries.iter().map(|e| e.started_at))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(Float64Array::from_iter_values(
+                entries.iter().map(|e| e.duration_ms),
+            )),
+            Arc::new(StringArray::from_iter(
+                entries.iter().map(|e| e.user.as_deref()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                entries.iter().map(|e| e.query.as_str()),
+            )),
+            Arc::new(BooleanArray::from_iter(
+                entries.iter().map(|e| Some(e.use_cubes)),
+            )),
+            Arc::new(StringArray::from_iter(
+                entries.iter().map(|e| e.cubes.as_deref()),
+            )),
+            Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.rows))),
+            Arc::new(StringArray::from_iter(
+                entries.iter().map(|e| e.error.as_deref()),
+            )),
+        ];
+        Ok(RecordBatch::try_new(queries_schema(), columns)?)
+    }
+}
+
+/// Columns of `tracecube.queries`.
+pub fn queries_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("query_id", DataType::Int64, false),
+        Field::new("started_at", timestamp_type(), false),
+        Field::new("duration_ms", DataType::Float64, false),
+        Field::new("user_name", DataType::Utf8, true),
+        Field::new("query", DataType::Utf8, false),
+        Field::new("use_cubes", DataType::Boolean, false),
+        Field::new("cubes", DataType::Utf8, true),
+        Field::new("rows", DataType::Int64, false),
+        Field::new("error", DataType::Utf8, true),
+    ]))
+}
+
+/// `tracecube.queries`.
+#[derive(Debug)]
+pub struct QueriesTable {
+    log: Arc<QueryLog>,
+}
+
+impl QueriesTable {
+    pub fn new(log: Arc<QueryLog>) -> Self {
+        QueriesTable { log }
+    }
+}
+
+#[async_trait]
+impl TableProvider for QueriesTable {
+    fn schema(&self) -> SchemaRef {
+        queries_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        MemTable::try_new(queries_schema(), vec![vec![self.log.batch()?]])?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
+/// Records a query in the log when dropped: after its last row was sent (or the client
+/// went away).
+struct Pending {
+    log: Arc<QueryLog>,
+    started: Instant,
+    entry: LoggedQuery,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.entry.duration_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        self.log.push(self.entry.clone());
+    }
+}
+
+/// DataFusion-postgres's handlers, with the per-query scope of the cube rewrite and the
+/// query log around them.
+pub struct QueryHandler {
+    inner: Arc<DfSessionService>,
+    cubes: Arc<CubeRegistry>,
+    log: Arc<QueryLog>,
+}
+
+impl QueryHandler {
+    pub fn new(ctx: Arc<SessionContext>, cubes: Arc<CubeRegistry>, log: Arc<QueryLog>) -> Self {
+        let hooks: Vec<Arc<dyn QueryHook>> = vec![
+            Arc::new(UseCubesHook),
+            Arc::new(datafusion_postgres::hooks::cursor::CursorStatementHook),
+            Arc::new(datafusion_postgres::hooks::set_show::SetShowHook),
+            Arc::new(datafusion_postgres::hooks::transactions::TransactionStatementHook),
+        ];
+        QueryHandler {
+            inner: Arc::new(DfSessionService::new_with_hooks(ctx, hooks)),
+            cubes,
+            log,
+        }
+    }
+
+    /// Refresh the cube state and open the scope of one query.
+    async fn begin(&self, client: &impl ClientInfo, query: &str) -> (Arc<QueryScope>, Pending) {
+        if let Err(e) = self.cubes.refresh().await {
+            tracing::warn!("cannot read the cubes' state, answering from traces: {e}");
+        }
+        let use_cubes = client.metadata().get(USE_CUBES).is_none_or(|v| v != "off");
+        let scope = QueryScope::new(use_cubes);
+        let pending = Pending {
+            log: Arc::clone(&self.log),
+            started: Instant::now(),
+            entry: LoggedQuery {
+                id: 0,
+                started_at: chrono::Utc::now().timestamp_micros(),
+                duration_ms: 0.0,
+                user: client.metadata().get("user").cloned(),
+                query: query.to_string(),
+                use_cubes,
+                cubes: None,
+                rows: 0,
+                error: None,
+            },
+        };
+        (scope, pending)
+    }
+
+    /// Note the outcome; the entry is logged when the last response stream ends.
+    fn finish(scope: &QueryScope, mut pending: Pending, result: &mut PgWireResult<Vec<Response>>) {
+        let used = scope.cubes_used.lock().expect("lock").clone();
+        if !used.is_empty() {
+            let mut distinct = used;
+            distinct.dedup();
+            pending.entry.cubes = Some(distinct.join(", "));
+        }
+        match result {
+            Err(e) => pending.entry.error = Some(e.to_string()),
+            Ok(responses) => {
+                if let Some(Response::Query(q)) = responses
+                    .iter_mut()
+                    .rev()
+                    .find(|r| matches!(r, Response::Query(_)))
+                {
+                    let rows =
+                        std::mem::replace(&mut q.data_rows, Box::pin(futures::stream::empty()));
+                    let mut pending = pending;
+                    q.data_rows = Box::pin(rows.map(move |row| {
+                        // the whole entry moves into the stream: logged when it is dropped
+                        let pending = &mut pending;
+                        pending.entry.rows += 1;
+                        row
+                    }));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for QueryHandler {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (scope, pending) = self.begin(client, query).await;
+        let mut result = QUERY
+            .scope(
+                Arc::clone(&scope),
+                SimpleQueryHandler::do_query(self.inner.as_ref(), client, query),
+            )
+            .await;
+        Self::finish(&scope, pending, &mut result);
+        result
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for QueryHandler {
+    type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
+    type QueryParser = <DfSessionService as ExtendedQueryHandler>::QueryParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.inner.query_parser()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (scope, pending) = self.begin(client, &portal.statement.statement.0).await;
+        let result = QUERY
+            .scope(
+                Arc::clone(&scope),
+                ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows),
+            )
+            .await;
+        let mut results = result.map(|r| vec![r]);
+        Self::finish(&scope, pending, &mut results);
+        results.map(|mut r| r.remove(0))
+    }
+}
+
+/// `SET tracecube.use_cubes = on|off`, `RESET tracecube.use_cubes` and
+/// `SHOW tracecube.use_cubes`, kept per connection.
+#[derive(Debug)]
+struct UseCubesHook;
+
+fn names_use_cubes(name: &impl ToString) -> bool {
+    name.to_string().eq_ignore_ascii_case(USE_CUBES)
+}
+
+fn shows_use_cubes(variable: &[datafusion::sql::sqlparser::ast::Ident]) -> bool {
+    let name: Vec<&str> = variable.iter().map(|i| i.value.as_str()).collect();
+    name.join(".").eq_ignore_ascii_case(USE_CUBES)
+}
+
+impl UseCubesHook {
+    fn respond(
+        statement: &Statement,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        match statement {
+            Statement::Set(Set::SingleAssignment {
+                variable, values, ..
+            }) if names_use_cubes(variable) => {
+                let value = values
+                    .first()
+                    .map(|v| v.to_string().trim_matches('\'').to_ascii_lowercase())
+                    .unwrap_or_default();
+                let setting = match value.as_str() {
+                    "on" | "true" | "1" | "yes" | "default" => "on",
+                    "off" | "false" | "0" | "no" => "off",
+                    _ => {
+                        return Some(Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                            "ERROR".into(),
+                            "22023".into(),
+                            format!(
+                                "invalid value for parameter \"{USE_CUBES}\": \"{value}\" (use on or off)"
+                            ),
+                        )))));
+                    }
+                };
+                client
+                    .metadata_mut()
+                    .insert(USE_CUBES.to_string(), setting.to_string());
+                Some(Ok(Response::Execution(Tag::new("SET"))))
+            }
+            Statement::Set(Set::SingleAssignment { .. }) => None,
+            Statement::ShowVariable { variable } if shows_use_cubes(variable) => {
+                let value = client
+                    .metadata()
+                    .get(USE_CUBES)
+                    .cloned()
+                    .unwrap_or_else(|| "on".into());
+                Some(show_response(&value).map(Response::Query))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn show_response(value: &str) -> PgWireResult<QueryResponse> {
+    let fields = Arc::new(vec![FieldInfo::new(
+        USE_CUBES.to_string(),
+        None,
+        None,
+        Type::TEXT,
+        FieldFormat::Text,
+    )]);
+    let mut encoder = DataRowEncoder::new(Arc::clone(&fields));
+    encoder.encode_field(&Some(value))?;
+    let row = encoder.take_row();
+    Ok(QueryResponse::new(
+        fields,
+        futures::stream::once(async move { Ok(row) }),
+    ))
+}
+
+#[async_trait]
+impl QueryHook for UseCubesHook {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        _session_context: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        Self::respond(statement, client)
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        _session_context: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        let columns = match statement {
+            Statement::Set(Set::SingleAssignment { variable, .. }) if names_use_cubes(variable) => {
+                vec![]
+            }
+            Statement::ShowVariable { variable } if shows_use_cubes(variable) => {
+                vec![Field::new(USE_CUBES, DataType::Utf8, false)]
+            }
+            _ => return None,
+        };
+        Some(
+            Schema::new(columns)
+                .to_dfschema()
+                .map(|schema| {
+                    LogicalPlan::EmptyRelation(EmptyRelation {
+                        produce_one_row: true,
+                        schema: Arc::new(schema),
+                    })
+                })
+                .map_err(|e| PgWireError::ApiError(Box::new(e))),
+        )
+    }
+
+    async fn handle_extended_query(
+        &self,
+        statement: &Statement,
+        _logical_plan: &LogicalPlan,
+        _params: &ParamValues,
+        _session_context: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        Self::respond(statement, client)
+    }
+}
