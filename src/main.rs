@@ -48,6 +48,9 @@ enum Command {
         #[arg(long, default_value = "fail")]
         on_error: String,
     },
+    /// Compact the warehouse: merge small files of `traces`, merge each cube's partial rows
+    /// into one row per cell, apply cube retentions, rebuild stale cubes.
+    Compact,
     /// Generate a synthetic trace set as Parquet files.
     Gen {
         #[arg(long, default_value_t = 1_000_000)]
@@ -119,6 +122,24 @@ fn main() -> anyhow::Result<()> {
                 .block_on(tracecube_engine::app::load(config, &urls, &options))
                 .map_err(|e| anyhow::anyhow!("load failed: {e}"))?;
             println!("{}", record.summary_line());
+        }
+        Command::Compact => {
+            let report = runtime
+                .block_on(tracecube_engine::app::compact(config))
+                .map_err(|e| anyhow::anyhow!("compaction failed: {e}"))?;
+            println!(
+                "traces: {} file(s) merged into {} in {:.2} s (version {})",
+                report.traces_files_removed,
+                report.traces_files_added,
+                report.traces_seconds,
+                report.traces_version
+            );
+            for c in report.cubes {
+                println!(
+                    "{}: {} to {} rows in {:.2} s (reflects traces version {})",
+                    c.cube, c.action, c.rows, c.seconds, c.traces_version
+                );
+            }
         }
         Command::Gen {
             rows,

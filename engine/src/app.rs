@@ -63,3 +63,10 @@ pub async fn load(
     let warehouse = Warehouse::open(config).await?;
     Ok(Loader::new(&warehouse).load(urls, options).await?)
 }
+
+/// `tracecube compact`: merge small files of `traces` and of every cube, merge each cube's
+/// partial rows, apply retentions, and rebuild any cube that is stale.
+pub async fn compact(config: Config) -> Result<crate::cubes::build::CompactReport, AppError> {
+    let warehouse = Warehouse::open(config).await?;
+    Ok(crate::cubes::build::compact(&warehouse).await?)
+}

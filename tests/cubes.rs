@@ -1,0 +1,358 @@
+//! The cube rewrite, differentially: random aggregation queries over `traces` (group keys,
+//! filters and aggregates drawn from what the rewrite supports, and from what it must
+//! refuse) are answered over the wire with `tracecube.use_cubes` on and off, and must
+//! agree (floating results within 1e-9 relative) after several loads, after a
+//! compaction, while the cubes are stale, and after they were rebuilt.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{TestServer, TestWarehouse, simple_rows};
+use tokio_postgres::Client;
+use tracecube_engine::Warehouse;
+use tracecube_engine::config::default_cubes;
+use tracecube_engine::load::LoadOptions;
+
+/// One piece of a query: its SQL, the trace columns it reads, and whether the rewrite
+/// can answer it from a cube that has those columns.
+#[derive(Clone, Copy)]
+struct Part {
+    sql: &'static str,
+    columns: &'static [&'static str],
+    supported: bool,
+}
+
+const fn part(sql: &'static str, columns: &'static [&'static str], supported: bool) -> Part {
+    Part {
+        sql,
+        columns,
+        supported,
+    }
+}
+
+const GROUP_KEYS: &[Part] = &[
+    part("channel", &["channel"], true),
+    part("category", &["category"], true),
+    part("path_prefix(declaration, 1)", &["declaration"], true),
+    part("path_prefix(declaration, 2)", &["declaration"], true),
+    part("path_child(declaration, 'Delivery')", &["declaration"], true),
+    part("path_prefix(qualification, 2)", &["qualification"], true),
+    part("action", &["action"], true),
+    part("day", &["day"], true),
+    part("date_trunc('month', day)", &["day"], true),
+    part("life_stage", &["life_stage"], true),
+    part("tenure_year", &["tenure_year"], true),
+    part("hour", &["hour"], true),
+    part("weekday", &["weekday"], true),
+    part("date_trunc('hour', minute)", &["minute"], true),
+    part("agent_id", &["agent_id"], false),
+];
+
+/// Filters; `{recent}` is replaced by an instant three hours before the newest trace.
+const FILTERS: &[Part] = &[
+    part("day >= DATE '2026-03-01'", &["day"], true),
+    part(
+        "day BETWEEN DATE '2026-02-01' AND DATE '2026-06-30'",
+        &["day"],
+        true,
+    ),
+    part("path_is_under(declaration, 'Delivery')", &["declaration"], true),
+    part("channel IN ('phone', 'chat', 'email')", &["channel"], true),
+    part("category = 'avoidable'", &["category"], true),
+    part("tenure_year >= 2", &["tenure_year"], true),
+    part("hour BETWEEN 9 AND 17", &["hour"], true),
+    part("qualification IS NULL", &["qualification"], true),
+    part("minute >= TIMESTAMP '{recent}'", &["minute"], true),
+    part("wait_s > 60", &["wait_s"], false),
+    part("customer_id < 'C5'", &["customer_id"], false),
+];
+
+const AGGREGATES: &[Part] = &[
+    part("count(*)", &[], true),
+    part("count(csat)", &[], true),
+    part("count(qualification)", &["qualification"], true),
+    part("sum(cost)", &[], true),
+    part("sum(handle_s)", &[], true),
+    part("sum(effort)", &[], true),
+    part("avg(wait_s)", &[], true),
+    part("avg(sentiment)", &[], true),
+    part("avg(cost)", &[], true),
+    part("csat(csat)", &[], true),
+    part("nps(nps)", &[], true),
+    part("service_level(channel, wait_s, abandoned)", &["channel"], true),
+    part("aht(handle_s)", &[], true),
+    part(
+        "impact(declaration, qualification, action, channel, category, effort)",
+        &[
+            "declaration",
+            "qualification",
+            "action",
+            "channel",
+            "category",
+        ],
+        true,
+    ),
+    part(
+        "avg(CASE WHEN resolved THEN 100.0 ELSE 0.0 END)",
+        &[],
+        true,
+    ),
+    part("sum(CASE WHEN abandoned THEN 1 ELSE 0 END)", &[], true),
+    part("count(*) FILTER (WHERE channel = 'phone')", &["channel"], true),
+    part("min(day)", &["day"], true),
+    part("max(channel)", &["channel"], true),
+    part("count(DISTINCT category)", &["category"], true),
+    part("max(wait_s)", &["wait_s"], false),
+    part("sum(wait_s * 2)", &["wait_s"], false),
+    part("count(DISTINCT customer_id)", &["customer_id"], false),
+    part("avg(csat)", &["csat"], false),
+    part("sum(cost) FILTER (WHERE nps > 8)", &["nps"], false),
+];
+
+/// A small deterministic generator (SplitMix64): the same queries on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// Up to `max` distinct parts of `from`.
+    fn pick(&mut self, from: &[Part], min: usize, max: usize) -> Vec<Part> {
+        let n = min + self.below(max - min + 1);
+        let mut chosen: Vec<usize> = Vec::new();
+        while chosen.len() < n {
+            let i = self.below(from.len());
+            if !chosen.contains(&i) {
+                chosen.push(i);
+            }
+        }
+        chosen.into_iter().map(|i| from[i]).collect()
+    }
+}
+
+/// A random query and whether a default cube must answer it.
+fn random_query(rng: &mut Rng, recent: &str) -> (String, bool) {
+    let keys = rng.pick(GROUP_KEYS, 0, 2);
+    let filters = rng.pick(FILTERS, 0, 2);
+    let aggregates = rng.pick(AGGREGATES, 1, 3);
+    let mut select: Vec<String> = keys.iter().map(|k| k.sql.to_string()).collect();
+    select.extend(aggregates.iter().map(|a| a.sql.to_string()));
+    let mut sql = format!("SELECT {} FROM traces", select.join(", "));
+    if !filters.is_empty() {
+        let conditions: Vec<String> = filters
+            .iter()
+            .map(|f| f.sql.replace("{recent}", recent))
+            .collect();
+        sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
+    }
+    if !keys.is_empty() {
+        let positions: Vec<String> = (1..=keys.len()).map(|i| i.to_string()).collect();
+        sql.push_str(&format!(
+            " GROUP BY {} ORDER BY {}",
+            positions.join(", "),
+            positions.join(", ")
+        ));
+    }
+    let parts: Vec<&Part> = keys.iter().chain(&filters).chain(&aggregates).collect();
+    let columns: Vec<&str> = parts.iter().flat_map(|p| p.columns.iter().copied()).collect();
+    let minute_bounded = filters.iter().any(|f| f.sql.starts_with("minute >="));
+    let served = parts.iter().all(|p| p.supported)
+        && default_cubes().values().any(|cube| {
+            columns.iter().all(|c| cube.dimensions.iter().any(|d| d == c))
+                && (cube.retention.is_none() || minute_bounded)
+        });
+    (sql, served)
+}
+
+fn close(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1e-9),
+        _ => false,
+    }
+}
+
+async fn rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
+    match client.simple_query(sql).await {
+        Ok(m) => simple_rows(m),
+        Err(e) => panic!("{sql}\n  failed: {e}"),
+    }
+}
+
+/// The cubes (if any) that answered the previous query on this connection.
+async fn last_cubes(client: &Client) -> String {
+    rows(
+        client,
+        "SELECT coalesce(cubes, '') FROM tracecube.queries ORDER BY query_id DESC LIMIT 1",
+    )
+    .await[0][0]
+        .clone()
+}
+
+/// Run `count` random queries with cubes on and off; every answer must agree, and every
+/// query a default cube can serve must be served by one (unless `cubes_usable` is false,
+/// when none may be). Returns how many were served by cubes.
+async fn differential(
+    client: &Client,
+    rng: &mut Rng,
+    count: usize,
+    recent: &str,
+    cubes_usable: bool,
+) -> usize {
+    let mut served_count = 0;
+    for _ in 0..count {
+        let (sql, served) = random_query(rng, recent);
+        rows(client, "SET tracecube.use_cubes = on").await;
+        let with = rows(client, &sql).await;
+        let used = last_cubes(client).await;
+        rows(client, "SET tracecube.use_cubes = off").await;
+        let without = rows(client, &sql).await;
+        assert_eq!(
+            last_cubes(client).await,
+            "",
+            "cubes are off but one was used: {sql}"
+        );
+        assert_eq!(with.len(), without.len(), "row counts differ for {sql}");
+        for (r, (a, b)) in with.iter().zip(&without).enumerate() {
+            assert!(
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| close(x, y)),
+                "{sql}\n  row {r}: with cubes {a:?}, from traces {b:?}"
+            );
+        }
+        if cubes_usable {
+            assert_eq!(
+                !used.is_empty(),
+                served,
+                "{sql}\n  expected {} but cubes used: {used:?}",
+                if served { "a cube" } else { "the raw path" }
+            );
+        } else {
+            assert_eq!(used, "", "stale cubes were used for {sql}");
+        }
+        served_count += usize::from(!used.is_empty());
+    }
+    served_count
+}
+
+async fn freshness(client: &Client) -> BTreeMap<String, String> {
+    rows(client, "SELECT name, fresh FROM tracecube.cubes")
+        .await
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect()
+}
+
+/// Wait until the server has read the latest commits (it checks at most once a second).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cube_answers_equal_raw_answers_across_loads_compaction_and_staleness() {
+    let wh = TestWarehouse::new().await;
+    let sources: Vec<_> = (1..=4)
+        .map(|seed| wh.generate(&format!("src{seed}"), 4_000, seed))
+        .collect();
+    wh.load(&[&sources[0]], LoadOptions::default()).await.unwrap();
+    wh.load(&[&sources[1]], LoadOptions::default()).await.unwrap();
+
+    let server = TestServer::start(wh.config()).await;
+    let client = server.connect().await;
+    let recent = rows(
+        &client,
+        "SELECT to_char(max(minute) - INTERVAL '3 hours', '%Y-%m-%d %H:%M:%S') FROM traces",
+    )
+    .await[0][0]
+        .clone();
+    let fresh = freshness(&client).await;
+    assert_eq!(fresh.len(), default_cubes().len());
+    assert!(fresh.values().all(|f| f == "t"), "{fresh:?}");
+    let mut rng = Rng(2026);
+
+    // Two loads: every cube holds two partial rows per cell at most.
+    let served = differential(&client, &mut rng, 60, &recent, true).await;
+    assert!(served > 10, "only {served} of 60 queries used a cube");
+
+    // Compaction merges them (and moves the traces version: the cubes follow).
+    tracecube_engine::cubes::build::compact(&wh.warehouse)
+        .await
+        .unwrap();
+    settle().await;
+    assert!(freshness(&client).await.values().all(|f| f == "t"));
+    differential(&client, &mut rng, 60, &recent, true).await;
+
+    // A load by a process configured without cubes leaves them stale: never used.
+    let mut config = wh.config();
+    config.cubes.clear();
+    let no_cubes = Warehouse::open(config).await.unwrap();
+    tracecube_engine::load::Loader::new(&no_cubes)
+        .load(
+            &[sources[2].display().to_string()],
+            &LoadOptions::default(),
+        )
+        .await
+        .unwrap();
+    settle().await;
+    assert!(freshness(&client).await.values().all(|f| f == "f"));
+    differential(&client, &mut rng, 20, &recent, false).await;
+
+    // The next load finds them stale and rebuilds them from traces.
+    wh.load(&[&sources[3]], LoadOptions::default()).await.unwrap();
+    settle().await;
+    assert!(freshness(&client).await.values().all(|f| f == "t"));
+    differential(&client, &mut rng, 40, &recent, true).await;
+
+    // EXPLAIN names the cube; with cubes off it scans traces.
+    let sql = "EXPLAIN SELECT channel, count(*) FROM traces GROUP BY channel";
+    let plan = rows(&client, "SET tracecube.use_cubes = on").await;
+    assert!(plan.is_empty());
+    let plan = rows(&client, sql).await.concat().join("\n");
+    assert!(plan.contains("TableScan: cube_"), "{plan}");
+    rows(&client, "SET tracecube.use_cubes = off").await;
+    let plan = rows(&client, sql).await.concat().join("\n");
+    assert!(plan.contains("TableScan: traces"), "{plan}");
+    assert!(!plan.contains("cube_"), "{plan}");
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn use_cubes_is_a_per_connection_setting() {
+    let wh = TestWarehouse::new().await;
+    let source = wh.generate("src", 2_000, 7);
+    wh.load(&[&source], LoadOptions::default()).await.unwrap();
+    let server = TestServer::start(wh.config()).await;
+    let (a, b) = (server.connect().await, server.connect().await);
+    rows(&a, "SET tracecube.use_cubes = off").await;
+    assert_eq!(rows(&a, "SHOW tracecube.use_cubes").await, [["off"]]);
+    assert_eq!(rows(&b, "SHOW tracecube.use_cubes").await, [["on"]]);
+    let sql = "SELECT channel, count(*) FROM traces GROUP BY channel";
+    rows(&a, sql).await;
+    assert_eq!(last_cubes(&a).await, "");
+    rows(&b, sql).await;
+    assert!(last_cubes(&b).await.starts_with("cube_"));
+    let e = b
+        .simple_query("SET tracecube.use_cubes = sometimes")
+        .await
+        .unwrap_err();
+    let message = e.as_db_error().map(|d| d.message().to_string());
+    assert!(
+        message.as_deref().is_some_and(|m| m.contains("on or off")),
+        "{e:?}"
+    );
+    drop((a, b));
+    server.stop().await;
+}
