@@ -37,7 +37,11 @@ const GROUP_KEYS: &[Part] = &[
     part("category", &["category"], true),
     part("path_prefix(declaration, 1)", &["declaration"], true),
     part("path_prefix(declaration, 2)", &["declaration"], true),
-    part("path_child(declaration, 'Delivery')", &["declaration"], true),
+    part(
+        "path_child(declaration, 'Delivery')",
+        &["declaration"],
+        true,
+    ),
     part("path_prefix(qualification, 2)", &["qualification"], true),
     part("action", &["action"], true),
     part("day", &["day"], true),
@@ -58,7 +62,11 @@ const FILTERS: &[Part] = &[
         &["day"],
         true,
     ),
-    part("path_is_under(declaration, 'Delivery')", &["declaration"], true),
+    part(
+        "path_is_under(declaration, 'Delivery')",
+        &["declaration"],
+        true,
+    ),
     part("channel IN ('phone', 'chat', 'email')", &["channel"], true),
     part("category = 'avoidable'", &["category"], true),
     part("tenure_year >= 2", &["tenure_year"], true),
@@ -81,7 +89,11 @@ const AGGREGATES: &[Part] = &[
     part("avg(cost)", &[], true),
     part("csat(csat)", &[], true),
     part("nps(nps)", &[], true),
-    part("service_level(channel, wait_s, abandoned)", &["channel"], true),
+    part(
+        "service_level(channel, wait_s, abandoned)",
+        &["channel"],
+        true,
+    ),
     part("aht(handle_s)", &[], true),
     part(
         "impact(declaration, qualification, action, channel, category, effort)",
@@ -94,13 +106,13 @@ const AGGREGATES: &[Part] = &[
         ],
         true,
     ),
+    part("avg(CASE WHEN resolved THEN 100.0 ELSE 0.0 END)", &[], true),
+    part("sum(CASE WHEN abandoned THEN 1 ELSE 0 END)", &[], true),
     part(
-        "avg(CASE WHEN resolved THEN 100.0 ELSE 0.0 END)",
-        &[],
+        "count(*) FILTER (WHERE channel = 'phone')",
+        &["channel"],
         true,
     ),
-    part("sum(CASE WHEN abandoned THEN 1 ELSE 0 END)", &[], true),
-    part("count(*) FILTER (WHERE channel = 'phone')", &["channel"], true),
     part("min(day)", &["day"], true),
     part("max(channel)", &["channel"], true),
     part("count(DISTINCT category)", &["category"], true),
@@ -165,11 +177,16 @@ fn random_query(rng: &mut Rng, recent: &str) -> (String, bool) {
         ));
     }
     let parts: Vec<&Part> = keys.iter().chain(&filters).chain(&aggregates).collect();
-    let columns: Vec<&str> = parts.iter().flat_map(|p| p.columns.iter().copied()).collect();
+    let columns: Vec<&str> = parts
+        .iter()
+        .flat_map(|p| p.columns.iter().copied())
+        .collect();
     let minute_bounded = filters.iter().any(|f| f.sql.starts_with("minute >="));
     let served = parts.iter().all(|p| p.supported)
         && default_cubes().values().any(|cube| {
-            columns.iter().all(|c| cube.dimensions.iter().any(|d| d == c))
+            columns
+                .iter()
+                .all(|c| cube.dimensions.iter().any(|d| d == c))
                 && (cube.retention.is_none() || minute_bounded)
         });
     (sql, served)
@@ -266,8 +283,12 @@ async fn cube_answers_equal_raw_answers_across_loads_compaction_and_staleness() 
     let sources: Vec<_> = (1..=4)
         .map(|seed| wh.generate(&format!("src{seed}"), 4_000, seed))
         .collect();
-    wh.load(&[&sources[0]], LoadOptions::default()).await.unwrap();
-    wh.load(&[&sources[1]], LoadOptions::default()).await.unwrap();
+    wh.load(&[&sources[0]], LoadOptions::default())
+        .await
+        .unwrap();
+    wh.load(&[&sources[1]], LoadOptions::default())
+        .await
+        .unwrap();
 
     let server = TestServer::start(wh.config()).await;
     let client = server.connect().await;
@@ -299,10 +320,7 @@ async fn cube_answers_equal_raw_answers_across_loads_compaction_and_staleness() 
     config.cubes.clear();
     let no_cubes = Warehouse::open(config).await.unwrap();
     tracecube_engine::load::Loader::new(&no_cubes)
-        .load(
-            &[sources[2].display().to_string()],
-            &LoadOptions::default(),
-        )
+        .load(&[sources[2].display().to_string()], &LoadOptions::default())
         .await
         .unwrap();
     settle().await;
@@ -310,7 +328,9 @@ async fn cube_answers_equal_raw_answers_across_loads_compaction_and_staleness() 
     differential(&client, &mut rng, 20, &recent, false).await;
 
     // The next load finds them stale and rebuilds them from traces.
-    wh.load(&[&sources[3]], LoadOptions::default()).await.unwrap();
+    wh.load(&[&sources[3]], LoadOptions::default())
+        .await
+        .unwrap();
     settle().await;
     assert!(freshness(&client).await.values().all(|f| f == "t"));
     differential(&client, &mut rng, 40, &recent, true).await;

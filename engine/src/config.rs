@@ -111,6 +111,10 @@ pub fn default_cubes() -> BTreeMap<String, CubeConfig> {
         ("cube_day", CubeConfig::new(&with(&["day"]), None)),
         ("cube_axes", CubeConfig::new(&axes, None)),
         (
+            "cube_channel_day",
+            CubeConfig::new(&["channel", "category", "day"], None),
+        ),
+        (
             "cube_declaration_day",
             CubeConfig::new(&["declaration", "channel", "category", "day"], None),
         ),

@@ -61,11 +61,21 @@ pub fn view_statements(gap_seconds: i64) -> [String; 3] {
          FROM marked \
          GROUP BY customer_id, journey_need, journey_start_rn"
     );
-    let transitions = "CREATE OR REPLACE VIEW channel_transitions AS \
-         SELECT prev_channel AS from_channel, channel AS to_channel, count(*) AS contacts \
-         FROM journeys WHERE journey_seq > 1 \
-         GROUP BY prev_channel, channel"
-        .to_string();
+    // A transition is a contact that continues a journey: the previous contact of the
+    // same customer and need is at most the gap before it. One window, no journey ids.
+    let transitions = format!(
+        "CREATE OR REPLACE VIEW channel_transitions AS \
+         SELECT journey_prev_channel AS from_channel, channel AS to_channel, count(*) AS contacts \
+         FROM ( \
+           SELECT channel, ts, lag(ts) OVER w AS journey_prev_ts, \
+             lag(channel) OVER w AS journey_prev_channel \
+           FROM (SELECT customer_id, contact_id, ts, channel, \
+                   path_segment(declaration, 1) AS journey_need FROM traces) \
+           WINDOW w AS ({window}) \
+         ) \
+         WHERE journey_prev_ts IS NOT NULL AND journey_prev_ts + {gap} >= ts \
+         GROUP BY journey_prev_channel, channel"
+    );
     [journeys, summary, transitions]
 }
 
