@@ -51,6 +51,9 @@ pub struct Config {
     pub journey_gap: String,
     /// The cubes kept next to `traces`, by name (SPEC §2.3). An empty table turns cubes off.
     pub cubes: BTreeMap<String, CubeConfig>,
+    /// Memory the server may use to hold cubes as Arrow batches (smallest cubes first);
+    /// the others are read from their Parquet files.
+    pub cube_memory_mb: u64,
 }
 
 /// One cube: its dimension columns (columns of `traces`) and how far back it keeps rows.
@@ -175,6 +178,7 @@ impl Default for Config {
             .collect(),
             journey_gap: "7 days".into(),
             cubes: default_cubes(),
+            cube_memory_mb: 1024,
         }
     }
 }
@@ -206,7 +210,7 @@ impl Config {
 
     /// Apply `TRACECUBE_WAREHOUSE`, `TRACECUBE_TIME_ZONE`, `TRACECUBE_LISTEN`,
     /// `TRACECUBE_DEMO`, `TRACECUBE_DEFAULT_HOURLY_COST`, `TRACECUBE_HOURLY_COST_<CHANNEL>`,
-    /// `TRACECUBE_SLA_SECONDS_<CHANNEL>`, `TRACECUBE_JOURNEY_GAP`,
+    /// `TRACECUBE_SLA_SECONDS_<CHANNEL>`, `TRACECUBE_JOURNEY_GAP`, `TRACECUBE_CUBE_MEMORY_MB`,
     /// `TRACECUBE_CUBES_<NAME>` (`dim, dim, …[; retention <duration>]`, or `off` to drop the
     /// cube; `TRACECUBE_CUBES_ALL=off` drops them all) and `TRACECUBE_STORAGE_<KEY>`.
     pub fn apply_env(
@@ -235,6 +239,7 @@ impl Config {
                     )
                 }
                 "DEFAULT_HOURLY_COST" => self.default_hourly_cost = number(&value)?,
+                "CUBE_MEMORY_MB" => self.cube_memory_mb = number(&value)? as u64,
                 "JOURNEY_GAP" => self.journey_gap = value,
                 "CUBES_ALL" if matches!(value.trim(), "off" | "none") => self.cubes.clear(),
                 _ => {

@@ -36,6 +36,9 @@ pub struct ServedCube {
     pub status: CubeStatus,
     /// Reads the cube at `status.version`.
     pub provider: Option<Arc<dyn TableProvider>>,
+    /// Bytes of Arrow memory when the cube is held in memory (else it is read from its
+    /// Parquet files at each query).
+    pub memory_bytes: Option<u64>,
 }
 
 /// The cubes and the `traces` version they were checked against.
@@ -131,6 +134,7 @@ impl CubeRegistry {
                             dir,
                             status: CubeStatus::default(),
                             provider: None,
+                            memory_bytes: None,
                         });
                         continue;
                     }
@@ -154,8 +158,10 @@ impl CubeRegistry {
                 dir,
                 status,
                 provider: Some(provider),
+                memory_bytes: None,
             });
         }
+        self.hold_in_memory(&mut cubes).await;
         *self.current.write().expect("registry lock") = Arc::new(CubeSnapshot {
             traces_version,
             cubes,
@@ -163,6 +169,72 @@ impl CubeRegistry {
         handles.checked = Some(Instant::now());
         Ok(())
     }
+}
+
+impl CubeRegistry {
+    /// Hold the smallest cubes in memory as Arrow batches, within `cube_memory_mb`: a
+    /// query then skips opening and decoding Parquet files. A cube already held at the
+    /// same version stays as it is.
+    async fn hold_in_memory(&self, cubes: &mut [ServedCube]) {
+        let budget = self
+            .warehouse
+            .config()
+            .cube_memory_mb
+            .saturating_mul(1 << 20);
+        let previous = self.current();
+        let mut order: Vec<usize> = (0..cubes.len()).collect();
+        order.sort_by_key(|&i| cubes[i].status.bytes);
+        let mut used = 0u64;
+        for i in order {
+            let cube = &mut cubes[i];
+            let Some(provider) = cube.provider.clone() else {
+                continue;
+            };
+            if let Some(held) = previous.cubes.iter().find(|c| {
+                c.def == cube.def
+                    && c.status.version == cube.status.version
+                    && c.memory_bytes.is_some()
+            }) {
+                let bytes = held.memory_bytes.unwrap_or(0);
+                if used + bytes <= budget {
+                    used += bytes;
+                    cube.provider = held.provider.clone();
+                    cube.memory_bytes = held.memory_bytes;
+                }
+                continue;
+            }
+            // Parquet is about a tenth of the Arrow size: skip what cannot fit.
+            if used + cube.status.bytes * 4 > budget {
+                continue;
+            }
+            match in_memory(provider).await {
+                Ok((table, bytes)) if used + bytes <= budget => {
+                    used += bytes;
+                    cube.provider = Some(table);
+                    cube.memory_bytes = Some(bytes);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cube {} stays on storage: {e}", cube.def.name),
+            }
+        }
+    }
+}
+
+/// Read a whole table into memory, split in as many partitions as cores.
+async fn in_memory(provider: Arc<dyn TableProvider>) -> Result<(Arc<dyn TableProvider>, u64)> {
+    let ctx = datafusion::prelude::SessionContext::new();
+    let schema = provider.schema();
+    let batches = ctx.read_table(provider)?.collect().await?;
+    let bytes = batches
+        .iter()
+        .map(|b| b.get_array_memory_size() as u64)
+        .sum();
+    let parts = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut partitions = vec![Vec::new(); parts];
+    for (i, b) in batches.into_iter().enumerate() {
+        partitions[i % parts].push(b);
+    }
+    Ok((Arc::new(MemTable::try_new(schema, partitions)?), bytes))
 }
 
 /// Bring `table` to its latest version; returns it.
@@ -217,6 +289,7 @@ impl CubesTable {
             int(&|c| Some(c.status.files as i64)),
             int(&|c| c.status.traces_version),
             int(&|_| snapshot.traces_version),
+            int(&|c| c.memory_bytes.map(|b| b as i64)),
             Arc::new(
                 cubes
                     .iter()
@@ -247,6 +320,7 @@ pub fn cubes_schema() -> SchemaRef {
         Field::new("files", DataType::Int64, false),
         Field::new("source_version", DataType::Int64, true),
         Field::new("traces_version", DataType::Int64, true),
+        Field::new("memory_bytes", DataType::Int64, true),
         Field::new("fresh", DataType::Boolean, false),
         Field::new("complete_from", timestamp_type(), true),
     ]))
