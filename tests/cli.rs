@@ -137,3 +137,57 @@ fn serve_stops_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn compact_merges_files_and_reports_every_cube() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    for (i, seed) in ["1", "2"].into_iter().enumerate() {
+        let src = dir.path().join(format!("src{i}"));
+        assert!(
+            tracecube()
+                .args([
+                    "gen", "--rows", "3000", "--days", "5", "--seed", seed, "--out"
+                ])
+                .arg(&src)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let load = tracecube()
+            .arg("--warehouse")
+            .arg(&wh)
+            .arg("load")
+            .arg(src.join("*.parquet"))
+            .output()
+            .unwrap();
+        assert!(
+            load.status.success(),
+            "{}",
+            String::from_utf8_lossy(&load.stderr)
+        );
+    }
+    let out = tracecube()
+        .arg("--warehouse")
+        .arg(&wh)
+        .arg("compact")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // two loads wrote two files per day for each of the 5 days: merged into one per day
+    assert!(
+        stdout.contains("traces: 10 file(s) merged into 5"),
+        "{stdout}"
+    );
+    for cube in tracecube_engine::config::default_cubes().keys() {
+        assert!(
+            stdout.contains(&format!("{cube}: compacted to ")),
+            "{cube} missing from:\n{stdout}"
+        );
+    }
+}

@@ -322,6 +322,11 @@ async fn journey_views_are_consistent_and_follow_the_domain_figures() {
 async fn path_is_under_a_literal_becomes_a_pruning_predicate() {
     let (_wh, server) = loaded().await;
     let client = server.connect().await;
+    // on the traces themselves (a cube would answer this count otherwise)
+    client
+        .simple_query("SET tracecube.use_cubes = off")
+        .await
+        .unwrap();
     let plan = simple_rows(
         client
             .simple_query(

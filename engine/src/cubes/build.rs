@@ -190,6 +190,27 @@ async fn newest(
         .map(|a| a.value(0)))
 }
 
+/// For a cube with a retention: the SQL filter keeping the rows of `source` it retains
+/// (those within the retention of the newest one, and not before `complete_from`, where
+/// the cube is already complete), and the instant from which it will be complete.
+async fn retained(
+    ctx: &SessionContext,
+    def: &CubeDef,
+    source: &str,
+    complete_from: Option<i64>,
+) -> Result<(Option<String>, Option<i64>), CubeError> {
+    let Some(retention) = &def.retention else {
+        return Ok((None, complete_from));
+    };
+    let Some(newest) = newest(ctx, &def.name, source, &retention.column).await? else {
+        return Ok((None, complete_from));
+    };
+    let bound = newest - retention.seconds * 1_000_000;
+    let from = complete_from.map_or(bound, |c| c.max(bound));
+    let filter = format!("{} >= {bound}", micros_sql(&retention.column));
+    Ok((Some(filter), Some(from)))
+}
+
 /// Cast `batches` to the cube's schema (string views and nullability as stored).
 fn conform(
     def: &CubeDef,
@@ -351,15 +372,8 @@ pub async fn refresh_after_load(
             Some(p) => (format!("partial_{p}"), false),
             None => ("new_traces".to_string(), true),
         };
-        let mut filter = None;
-        let mut complete_from = None;
-        if let Some(retention) = &def.retention {
-            if let Some(newest) = newest(&ctx, &def.name, "new_traces", &retention.column).await? {
-                let bound = newest - retention.seconds * 1_000_000;
-                complete_from = Some(status.complete_from.map_or(bound, |c| c.max(bound)));
-                filter = Some(format!("{} >= {bound}", micros_sql(&retention.column)));
-            }
-        }
+        let (filter, complete_from) =
+            retained(&ctx, def, "new_traces", status.complete_from).await?;
         let sql = aggregate_sql(def, &config.sla_seconds, &source, from_traces, filter);
         let batches = run(&ctx, &def.name, &sql).await?;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
@@ -427,15 +441,7 @@ pub async fn rebuild(warehouse: &Warehouse, def: &CubeDef) -> Result<CubeRefresh
             cube: def.name.clone(),
             source: Box::new(e),
         })?;
-    let mut filter = None;
-    let mut complete_from = None;
-    if let Some(retention) = &def.retention {
-        if let Some(newest) = newest(&ctx, &def.name, "traces", &retention.column).await? {
-            let bound = newest - retention.seconds * 1_000_000;
-            complete_from = Some(bound);
-            filter = Some(format!("{} >= {bound}", micros_sql(&retention.column)));
-        }
-    }
+    let (filter, complete_from) = retained(&ctx, def, "traces", None).await?;
     let sql = aggregate_sql(def, &warehouse.config().sla_seconds, "traces", true, filter);
     let batches = run(&ctx, &def.name, &sql).await?;
     let rows = write(
@@ -477,16 +483,7 @@ pub async fn compact_cube(
             cube: def.name.clone(),
             source: Box::new(e),
         })?;
-    let mut filter = None;
-    let mut complete_from = status.complete_from;
-    if let Some(retention) = &def.retention {
-        if let Some(newest) = newest(&ctx, &def.name, "cube", &retention.column).await? {
-            let bound = newest - retention.seconds * 1_000_000;
-            let from = complete_from.map_or(bound, |c| c.max(bound));
-            complete_from = Some(from);
-            filter = Some(format!("{} >= {from}", micros_sql(&retention.column)));
-        }
-    }
+    let (filter, complete_from) = retained(&ctx, def, "cube", status.complete_from).await?;
     let sql = aggregate_sql(def, &warehouse.config().sla_seconds, "cube", false, filter);
     let batches = run(&ctx, &def.name, &sql).await?;
     let rows = write(
