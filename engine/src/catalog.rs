@@ -23,6 +23,7 @@ use crate::cubes::registry::{CubeRegistry, CubesTable};
 use crate::cubes::rewrite::CubeRewrite;
 use crate::journeys;
 use crate::server::queries::{QueriesTable, QueryLog};
+use crate::system::SystemTable;
 use crate::warehouse::{Table, Warehouse, WarehouseError};
 use crate::weights::WeightsTable;
 use tracecube_udfs::{Functions, SlaTable, WeightsHandle};
@@ -189,11 +190,11 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
     ctx.register_table(format!("{SYSTEM_SCHEMA}.loads").as_str(), loads.clone())?;
     ctx.register_table(
         format!("{SYSTEM_SCHEMA}.cubes").as_str(),
-        Arc::new(CubesTable::new(Arc::clone(&cubes))),
+        Arc::new(SystemTable(CubesTable::new(Arc::clone(&cubes)))),
     )?;
     ctx.register_table(
         format!("{SYSTEM_SCHEMA}.queries").as_str(),
-        Arc::new(QueriesTable::new(queries)),
+        Arc::new(SystemTable(QueriesTable::new(queries))),
     )?;
 
     // Rejected rows are visible once their load committed: a load stopped between writing

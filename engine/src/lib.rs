@@ -10,6 +10,7 @@ pub mod journeys;
 pub mod load;
 pub mod schema;
 pub mod server;
+pub mod system;
 pub mod warehouse;
 pub mod weights;
 

@@ -435,16 +435,49 @@ pub async fn rebuild(warehouse: &Warehouse, def: &CubeDef) -> Result<CubeRefresh
         .table_provider()
         .await
         .map_err(|e| warehouse.delta_error(Table::Traces)(e.into()))?;
+    let source = Source::Traces(provider);
+    let rows = replace(warehouse, def, table, source, None, version).await?;
+    Ok(refreshed(def, "rebuilt", rows, version, started))
+}
+
+/// Where [`replace`] reads rows from.
+enum Source {
+    /// `traces` rows, aggregated into cube rows.
+    Traces(Arc<dyn datafusion::catalog::TableProvider>),
+    /// The cube's own partial rows, re-aggregated.
+    Cube(Arc<dyn datafusion::catalog::TableProvider>),
+}
+
+/// Replace the cube's rows by the aggregate of `source` (within its retention), in one
+/// commit recording `version` as the `traces` version it reflects. Returns the rows written.
+async fn replace(
+    warehouse: &Warehouse,
+    def: &CubeDef,
+    table: DeltaTable,
+    source: Source,
+    complete_from: Option<i64>,
+    version: i64,
+) -> Result<u64, CubeError> {
+    let (name, provider, from_traces) = match source {
+        Source::Traces(p) => ("traces", p, true),
+        Source::Cube(p) => ("cube", p, false),
+    };
     let ctx = build_session();
-    ctx.register_table("traces", provider)
+    ctx.register_table(name, provider)
         .map_err(|e| CubeError::Query {
             cube: def.name.clone(),
             source: Box::new(e),
         })?;
-    let (filter, complete_from) = retained(&ctx, def, "traces", None).await?;
-    let sql = aggregate_sql(def, &warehouse.config().sla_seconds, "traces", true, filter);
+    let (filter, complete_from) = retained(&ctx, def, name, complete_from).await?;
+    let sql = aggregate_sql(
+        def,
+        &warehouse.config().sla_seconds,
+        name,
+        from_traces,
+        filter,
+    );
     let batches = run(&ctx, &def.name, &sql).await?;
-    let rows = write(
+    write(
         warehouse,
         def,
         table,
@@ -453,8 +486,7 @@ pub async fn rebuild(warehouse: &Warehouse, def: &CubeDef) -> Result<CubeRefresh
         version,
         complete_from,
     )
-    .await?;
-    Ok(refreshed(def, "rebuilt", rows, version, started))
+    .await
 }
 
 /// Compact one cube: merge its partial rows into one row per cell and its files into
@@ -477,25 +509,8 @@ pub async fn compact_cube(
         .table_provider()
         .await
         .map_err(|e| delta_error(warehouse, def)(e.into()))?;
-    let ctx = build_session();
-    ctx.register_table("cube", provider)
-        .map_err(|e| CubeError::Query {
-            cube: def.name.clone(),
-            source: Box::new(e),
-        })?;
-    let (filter, complete_from) = retained(&ctx, def, "cube", status.complete_from).await?;
-    let sql = aggregate_sql(def, &warehouse.config().sla_seconds, "cube", false, filter);
-    let batches = run(&ctx, &def.name, &sql).await?;
-    let rows = write(
-        warehouse,
-        def,
-        table,
-        batches,
-        SaveMode::Overwrite,
-        version,
-        complete_from,
-    )
-    .await?;
+    let source = Source::Cube(provider);
+    let rows = replace(warehouse, def, table, source, status.complete_from, version).await?;
     Ok(refreshed(def, "compacted", rows, version, started))
 }
 

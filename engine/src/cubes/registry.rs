@@ -11,18 +11,17 @@ use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{Session, TableProvider};
+use datafusion::catalog::TableProvider;
 use datafusion::common::Result;
-use datafusion::datasource::{MemTable, TableType};
+use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 use deltalake::DeltaTable;
 use tokio::sync::Mutex;
 
 use super::CubeDef;
 use super::build::{CubeStatus, status};
 use crate::schema::timestamp_type;
+use crate::system::SystemRows;
 use crate::warehouse::{Table, Warehouse, WarehouseError};
 
 /// How long the known versions are trusted before the logs are checked again.
@@ -327,29 +326,16 @@ pub fn cubes_schema() -> SchemaRef {
 }
 
 #[async_trait]
-impl TableProvider for CubesTable {
+impl SystemRows for CubesTable {
     fn schema(&self) -> SchemaRef {
         cubes_schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn rows(&self) -> Result<RecordBatch> {
         self.registry
             .refresh()
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let batch = self.batch(&self.registry.current())?;
-        MemTable::try_new(cubes_schema(), vec![vec![batch]])?
-            .scan(state, projection, filters, limit)
-            .await
+        self.batch(&self.registry.current())
     }
 }

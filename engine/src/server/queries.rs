@@ -13,11 +13,8 @@ use datafusion::arrow::array::{
     TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{ParamValues, ToDFSchema};
-use datafusion::datasource::{MemTable, TableType};
-use datafusion::logical_expr::{EmptyRelation, Expr, LogicalPlan};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{Set, Statement};
 use datafusion_postgres::hooks::HookClient;
@@ -36,6 +33,7 @@ use futures::{Sink, StreamExt};
 use crate::cubes::registry::CubeRegistry;
 use crate::cubes::rewrite::{QUERY, QueryScope};
 use crate::schema::timestamp_type;
+use crate::system::SystemRows;
 
 /// The session setting that turns the cube rewrite off (`SET tracecube.use_cubes = off`).
 pub const USE_CUBES: &str = "tracecube.use_cubes";
@@ -140,25 +138,13 @@ impl QueriesTable {
 }
 
 #[async_trait]
-impl TableProvider for QueriesTable {
+impl SystemRows for QueriesTable {
     fn schema(&self) -> SchemaRef {
         queries_schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
-        MemTable::try_new(queries_schema(), vec![vec![self.log.batch()?]])?
-            .scan(state, projection, filters, limit)
-            .await
+    async fn rows(&self) -> datafusion::common::Result<RecordBatch> {
+        self.log.batch()
     }
 }
 
