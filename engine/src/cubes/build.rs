@@ -19,7 +19,6 @@ use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
-use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::{COMPLETE_FROM_TXN, CubeDef, MEASURES, TRACES_VERSION_TXN, sla_case};
@@ -92,13 +91,7 @@ pub async fn status(table: &DeltaTable) -> Result<CubeStatus, deltalake::DeltaTa
 
 /// Parquet settings of cube files: small row groups, so that a time filter prunes well.
 fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(1).expect("valid zstd level"),
-        ))
-        .set_dictionary_enabled(true)
-        .set_max_row_group_row_count(Some(1 << 16))
-        .build()
+    crate::load::writer_properties_with_row_groups(1 << 16)
 }
 
 fn quoted(column: &str) -> String {

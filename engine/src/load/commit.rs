@@ -32,14 +32,20 @@ fn delta_err(table: Table, url: url::Url) -> impl Fn(deltalake::DeltaTableError)
     move |source| LoadError::Warehouse(WarehouseError::delta(table, &url, source))
 }
 
-/// Parquet settings of stored files: zstd, dictionary pages, statistics, large row groups.
+/// Parquet settings of stored `traces` files: zstd, dictionary pages, statistics, large
+/// row groups.
 pub fn writer_properties() -> WriterProperties {
+    writer_properties_with_row_groups(1 << 20)
+}
+
+/// Parquet settings of every warehouse file, with row groups of at most `rows` rows.
+pub fn writer_properties_with_row_groups(rows: usize) -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("valid zstd level"),
         ))
         .set_dictionary_enabled(true)
-        .set_max_row_group_row_count(Some(1 << 20))
+        .set_max_row_group_row_count(Some(rows))
         .build()
 }
 

@@ -8,6 +8,7 @@ pub mod source;
 pub mod validate;
 
 pub use commit::writer_properties as stored_writer_properties;
+pub use commit::writer_properties_with_row_groups;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
