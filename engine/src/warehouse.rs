@@ -152,7 +152,22 @@ impl Warehouse {
         &self,
         table: Table,
     ) -> impl Fn(deltalake::DeltaTableError) -> WarehouseError + '_ {
-        move |source| WarehouseError::delta(table, self.table_url(table), source)
+        self.dir_error(table.dir())
+    }
+
+    /// Turns a Delta error on the table in folder `dir` into a warehouse error naming the
+    /// folder and its URL.
+    pub fn dir_error(
+        &self,
+        dir: &str,
+    ) -> impl Fn(deltalake::DeltaTableError) -> WarehouseError + use<> {
+        let table = dir.to_string();
+        let url = self.dir_url(dir).to_string();
+        move |source| WarehouseError::Delta {
+            table: table.clone(),
+            url: url.clone(),
+            source: Box::new(source),
+        }
     }
 
     /// Open `table` at its latest version.
@@ -162,17 +177,13 @@ impl Warehouse {
 
     /// Open the Delta table in folder `dir` at its latest version.
     pub async fn open_dir(&self, dir: &str) -> Result<DeltaTable, WarehouseError> {
-        let error = |source: deltalake::DeltaTableError| WarehouseError::Delta {
-            table: dir.to_string(),
-            url: self.dir_url(dir).to_string(),
-            source: Box::new(source),
-        };
+        let error = self.dir_error(dir);
         let mut t = DeltaTableBuilder::from_url(self.dir_url(dir))
-            .map_err(error)?
+            .map_err(&error)?
             .with_storage_options(self.storage_options.clone())
             .build()
-            .map_err(error)?;
-        t.load().await.map_err(error)?;
+            .map_err(&error)?;
+        t.load().await.map_err(&error)?;
         Ok(t)
     }
 
@@ -189,11 +200,7 @@ impl Warehouse {
         partition_columns: Vec<String>,
     ) -> Result<(), WarehouseError> {
         let url = self.dir_url(dir);
-        let error = |source: deltalake::DeltaTableError| WarehouseError::Delta {
-            table: dir.to_string(),
-            url: url.to_string(),
-            source: Box::new(source),
-        };
+        let error = self.dir_error(dir);
         if url.scheme() == "file" {
             let path = url.to_file_path().map_err(|_| WarehouseError::Location {
                 location: url.to_string(),
@@ -209,7 +216,7 @@ impl Warehouse {
             self.storage_options.clone(),
         )
         .await
-        .map_err(error)?;
+        .map_err(&error)?;
         if t.version().is_some() {
             return Ok(());
         }
@@ -226,7 +233,7 @@ impl Warehouse {
             .with_partition_columns(partition_columns)
             .with_save_mode(SaveMode::Ignore)
             .await
-            .map_err(error)?;
+            .map_err(&error)?;
         Ok(())
     }
 

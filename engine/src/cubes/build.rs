@@ -17,8 +17,8 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::protocol::SaveMode;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::protocol::{DeltaOperation, SaveMode};
 use parquet::file::properties::WriterProperties;
 
 use super::{COMPLETE_FROM_TXN, CubeDef, MEASURES, TRACES_VERSION_TXN, sla_case};
@@ -224,8 +224,8 @@ fn conform(
                 .zip(b.columns())
                 .map(|(f, c)| cast(c, f.data_type()))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(error)?;
-            RecordBatch::try_new(schema.clone(), columns).map_err(error)
+                .map_err(&error)?;
+            RecordBatch::try_new(schema.clone(), columns).map_err(&error)
         })
         .collect()
 }
@@ -253,41 +253,46 @@ async fn write(
     let schema = def.schema();
     let mut data = conform(def, &schema, batches)?;
     let rows = data.iter().map(|b| b.num_rows() as u64).sum();
-    if data.is_empty() {
-        data.push(RecordBatch::new_empty(schema));
-    }
     let mut txns = vec![Transaction::new(TRACES_VERSION_TXN, traces_version)];
     if let Some(from) = complete_from {
         txns.push(Transaction::new(COMPLETE_FROM_TXN, from));
     }
-    let dir = def.dir(&warehouse.config().sla_seconds);
+    let commit = CommitProperties::default().with_application_transactions(txns);
+    let error = delta_error(warehouse, def);
+    if data.is_empty() && mode == SaveMode::Append {
+        // Nothing to add: record the new version without writing an empty file.
+        let snapshot = table.snapshot().map_err(&error)?;
+        let operation = DeltaOperation::Write {
+            mode,
+            partition_by: None,
+            predicate: None,
+        };
+        CommitBuilder::from(commit)
+            .build(Some(snapshot), table.log_store(), operation)
+            .await
+            .map_err(&error)?;
+        return Ok(0);
+    }
+    if data.is_empty() {
+        // An overwrite with no rows still replaces every file.
+        data.push(RecordBatch::new_empty(schema));
+    }
     table
         .write(data)
         .with_save_mode(mode)
         .with_writer_properties(writer_properties())
-        .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
+        .with_commit_properties(commit)
         .await
-        .map_err(|e| WarehouseError::Delta {
-            table: dir.clone(),
-            url: warehouse.dir_url(&dir).to_string(),
-            source: Box::new(e),
-        })?;
+        .map_err(&error)?;
     Ok(rows)
 }
 
 fn delta_error(
     warehouse: &Warehouse,
     def: &CubeDef,
-) -> impl Fn(deltalake::DeltaTableError) -> CubeError {
-    let dir = def.dir(&warehouse.config().sla_seconds);
-    let url = warehouse.dir_url(&dir).to_string();
-    move |e| {
-        CubeError::Warehouse(WarehouseError::Delta {
-            table: dir.clone(),
-            url: url.clone(),
-            source: Box::new(e),
-        })
-    }
+) -> impl Fn(deltalake::DeltaTableError) -> CubeError + use<> {
+    let error = warehouse.dir_error(&def.dir(&warehouse.config().sla_seconds));
+    move |e| CubeError::Warehouse(error(e))
 }
 
 /// Bring every cube to `traces` version `after`, which a load reached from `before` by
@@ -431,6 +436,15 @@ pub async fn rebuild(warehouse: &Warehouse, def: &CubeDef) -> Result<CubeRefresh
     let source = Source::Traces(provider);
     let rows = replace(warehouse, def, table, source, None, version).await?;
     Ok(refreshed(def, "rebuilt", rows, version, started))
+}
+
+/// Rebuild every configured cube from `traces`.
+pub async fn rebuild_all(warehouse: &Warehouse) -> Result<Vec<CubeRefresh>, CubeError> {
+    let mut report = Vec::new();
+    for def in CubeDef::all(&warehouse.config().cubes)? {
+        report.push(rebuild(warehouse, &def).await?);
+    }
+    Ok(report)
 }
 
 /// Where [`replace`] reads rows from.

@@ -91,10 +91,10 @@ pub const MEASURES: [(&str, MeasureKind, &str); 18] = [
     ("effort_sum", MeasureKind::Sum, "sum(effort)"),
 ];
 
-/// Type of a measure column.
+/// Type of a measure column: the floating sums are `Float64`, counts and the sums of
+/// integer seconds `Int64`.
 fn measure_type(name: &str) -> DataType {
     match name {
-        "handle_s_sum" | "wait_s_sum" => DataType::Int64,
         "sentiment_sum" | "cost_sum" | "effort_sum" => DataType::Float64,
         _ => DataType::Int64,
     }

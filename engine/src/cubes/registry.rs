@@ -145,12 +145,8 @@ impl CubeRegistry {
                 cubes.push(known.clone());
                 continue;
             }
-            let error = |e: deltalake::DeltaTableError| WarehouseError::Delta {
-                table: dir.clone(),
-                url: self.warehouse.dir_url(&dir).to_string(),
-                source: Box::new(e),
-            };
-            let status = status(table).await.map_err(error)?;
+            let error = self.warehouse.dir_error(&dir);
+            let status = status(table).await.map_err(&error)?;
             let provider = table.table_provider().await.map_err(|e| error(e.into()))?;
             cubes.push(ServedCube {
                 def: def.clone(),
@@ -242,14 +238,10 @@ async fn latest(
     warehouse: &Warehouse,
     dir: &str,
 ) -> Result<Option<i64>, WarehouseError> {
-    let error = |e: deltalake::DeltaTableError| WarehouseError::Delta {
-        table: dir.to_string(),
-        url: warehouse.dir_url(dir).to_string(),
-        source: Box::new(e),
-    };
-    let newest = table.get_latest_version().await.map_err(error)?;
+    let error = warehouse.dir_error(dir);
+    let newest = table.get_latest_version().await.map_err(&error)?;
     if table.version() != Some(newest) {
-        table.update_incremental(None).await.map_err(error)?;
+        table.update_incremental(None).await.map_err(&error)?;
     }
     Ok(table.version().map(|v| v as i64))
 }

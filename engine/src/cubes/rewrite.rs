@@ -29,6 +29,10 @@ use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use super::registry::{CubeRegistry, CubeSnapshot, ServedCube};
 use crate::catalog::LiveTable;
 use crate::schema::traces_schema;
+
+/// The stored `traces` schema, built once: which columns are never NULL.
+static TRACES: std::sync::LazyLock<datafusion::arrow::datatypes::SchemaRef> =
+    std::sync::LazyLock::new(traces_schema);
 use crate::warehouse::Table;
 
 tokio::task_local! {
@@ -157,7 +161,7 @@ fn rewrite_aggregate(
             if p.is_volatile() {
                 return Ok(None);
             }
-            needed.extend(p.column_refs().into_iter().map(|c| c.name.clone()));
+            add_columns(&mut needed, [p]);
             predicates.push(p.clone());
         }
     }
@@ -165,7 +169,7 @@ fn rewrite_aggregate(
         if g.is_volatile() {
             return Ok(None);
         }
-        needed.extend(g.column_refs().into_iter().map(|c| c.name.clone()));
+        add_columns(&mut needed, [g]);
     }
     let qualifier = scan.table_name.clone();
     let mut plan = Measures::new(qualifier.clone());
@@ -422,50 +426,39 @@ impl Measures {
             if f.is_volatile() {
                 return Ok(None);
             }
-            needed.extend(f.column_refs().into_iter().map(|c| c.name.clone()));
+            add_columns(needed, [f]);
         }
         let args = &params.args;
-        let name = af.func.name();
-        // Aggregates whose value over cube rows is their value over the traces.
-        let dims_only = |needed: &mut HashSet<String>| {
-            needed.extend(
-                args.iter()
-                    .flat_map(|a| a.column_refs())
-                    .map(|c| c.name.clone()),
-            );
-            Some(e.clone().unalias())
-        };
-        let out = match (name, args.as_slice()) {
-            ("count", _) | ("min", _) | ("max", _) if (params.distinct || name != "count") => {
+        let out = match (af.func.name(), args.as_slice()) {
+            // Their value over cube rows is their value over the traces.
+            ("min" | "max", _) | ("count", _) if params.distinct || af.func.name() != "count" => {
                 if args.iter().any(Expr::is_volatile) {
                     return Ok(None);
                 }
-                dims_only(needed).map(|agg| self.add(agg))
+                add_columns(needed, args);
+                Some(self.add(e.clone().unalias()))
             }
-            ("count", [arg]) => {
-                let traces = traces_schema();
-                if let Expr::Literal(v, _) = strip_casts(arg) {
-                    (!v.is_null()).then(|| self.sum("contacts", filter.clone()))
-                } else if let Some(m) = column_name(arg).and_then(counted) {
-                    Some(self.sum(m, filter.clone()))
-                } else if column_name(arg)
-                    .and_then(|c| traces.field_with_name(c).ok())
-                    .is_some_and(|f| !f.is_nullable())
-                {
-                    Some(self.sum("contacts", filter.clone()))
-                } else if !arg.is_volatile() {
-                    needed.extend(arg.column_refs().into_iter().map(|c| c.name.clone()));
-                    let not_null = arg.clone().is_not_null();
-                    let f = match filter.clone() {
-                        Some(f) => f.and(not_null),
-                        None => not_null,
-                    };
-                    Some(self.sum("contacts", Some(f)))
-                } else {
-                    None
-                }
-                .map(|m| coalesce(vec![m, lit(0i64)]))
+            ("count", [arg]) => if let Expr::Literal(v, _) = strip_casts(arg) {
+                (!v.is_null()).then(|| self.sum("contacts", filter.clone()))
+            } else if let Some(m) = column_name(arg).and_then(counted) {
+                Some(self.sum(m, filter.clone()))
+            } else if column_name(arg)
+                .and_then(|c| TRACES.field_with_name(c).ok())
+                .is_some_and(|f| !f.is_nullable())
+            {
+                Some(self.sum("contacts", filter.clone()))
+            } else if !arg.is_volatile() {
+                add_columns(needed, [arg]);
+                let not_null = arg.clone().is_not_null();
+                let f = match filter.clone() {
+                    Some(f) => f.and(not_null),
+                    None => not_null,
+                };
+                Some(self.sum("contacts", Some(f)))
+            } else {
+                None
             }
+            .map(|m| coalesce(vec![m, lit(0i64)])),
             ("sum", [arg]) if !params.distinct => {
                 if let Some((sum, _)) = column_name(arg).and_then(summed) {
                     Some(self.sum(sum, filter.clone()))
@@ -517,11 +510,7 @@ impl Measures {
                 if axes.iter().any(Expr::is_volatile) {
                     return Ok(None);
                 }
-                needed.extend(
-                    axes.iter()
-                        .flat_map(|a| a.column_refs())
-                        .map(|c| c.name.clone()),
-                );
+                add_columns(needed, axes);
                 let mut new_args = axes.to_vec();
                 new_args.push(Expr::Column(Column::new(
                     Some(self.qualifier.clone()),
@@ -539,6 +528,13 @@ impl Measures {
             _ => None,
         };
         Ok(out)
+    }
+}
+
+/// Add the names of the columns `exprs` read to `needed`.
+fn add_columns<'a>(needed: &mut HashSet<String>, exprs: impl IntoIterator<Item = &'a Expr>) {
+    for e in exprs {
+        needed.extend(e.column_refs().into_iter().map(|c| c.name.clone()));
     }
 }
 

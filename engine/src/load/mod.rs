@@ -395,7 +395,7 @@ impl Loader<'_> {
         } else {
             // Another commit came between: this load's rows alone do not make the cubes
             // whole again.
-            self.rebuild_cubes().await
+            crate::cubes::build::rebuild_all(self.warehouse).await
         };
         match result {
             Ok(report) => {
@@ -414,16 +414,6 @@ impl Loader<'_> {
                 "the load is committed but a cube could not be refreshed and will not be used until rebuilt (tracecube compact): {e}"
             ),
         }
-    }
-
-    async fn rebuild_cubes(
-        &self,
-    ) -> Result<Vec<crate::cubes::build::CubeRefresh>, crate::cubes::build::CubeError> {
-        let mut report = Vec::new();
-        for def in crate::cubes::CubeDef::all(&self.warehouse.config().cubes)? {
-            report.push(crate::cubes::build::rebuild(self.warehouse, &def).await?);
-        }
-        Ok(report)
     }
 }
 
