@@ -19,8 +19,9 @@ use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContex
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use tokio::sync::Mutex;
 
-use crate::cubes::registry::{CubeRegistry, CubesTable};
+use crate::cubes::registry::{CubeRegistry, CubesTable, TracesTable};
 use crate::cubes::rewrite::CubeRewrite;
+use crate::cubes::time_filters::LocalDays;
 use crate::journeys;
 use crate::server::queries::{QueriesTable, QueryLog};
 use crate::system::SystemTable;
@@ -165,14 +166,16 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
         .iter()
         .position(|r| r.name() == "simplify_expressions")
         .map_or(0, |i| i + 1);
-    rules.insert(at, Arc::new(CubeRewrite::new(Arc::clone(&cubes))));
+    let days = LocalDays::new(warehouse.config().tz()?);
+    rules.insert(at, Arc::new(CubeRewrite::new(Arc::clone(&cubes), days)));
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
         .with_optimizer_rules(rules)
         .build();
     let ctx = SessionContext::new_with_state(state);
-    let traces = Arc::new(LiveTable::open(warehouse, Table::Traces).await?);
+    // `traces` follows the cube registry's snapshot: one clock for raw scans and cubes.
+    let traces = Arc::new(TracesTable::new(Arc::clone(&cubes))?);
     ctx.register_table("traces", traces.clone())?;
 
     let weights = Arc::new(WeightsHandle::default());

@@ -7,11 +7,14 @@
 //!   them, rebuilding a stale cube, compacting;
 //! - [`registry`]: what the server knows of each cube (freshness, size) and the
 //!   `tracecube.cubes` system table;
-//! - [`rewrite`]: the optimizer rule.
+//! - [`rewrite`]: the optimizer rule, with [`measures`] (aggregates from measures) and
+//!   [`time_filters`] (`ts` filters answered by `day` or `minute`).
 
 pub mod build;
+pub mod measures;
 pub mod registry;
 pub mod rewrite;
+pub mod time_filters;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -207,14 +210,28 @@ impl CubeDef {
     }
 
     /// Folder of the cube under the warehouse root. It names a fingerprint of what the
-    /// rows depend on (dimensions, retention, SLAs), so that a changed definition starts a
-    /// new table instead of mixing rows of two definitions.
+    /// rows depend on (dimensions, retention, the measures' names, types and SQL, SLAs),
+    /// so that a changed definition starts a new table instead of mixing rows of two
+    /// definitions. The fingerprint hashes a text spelled out here (FNV-1a), so it is the
+    /// same for every build.
     pub fn dir(&self, slas: &BTreeMap<String, i32>) -> String {
-        let mut text = format!("{:?}|{:?}|", self.dimensions, self.retention);
-        for (channel, seconds) in slas {
-            text.push_str(&format!("{channel}={seconds};"));
+        let mut text = format!("dimensions={};", self.dimensions.join(","));
+        if let Some(r) = &self.retention {
+            text.push_str(&format!("retention={}:{};", r.column, r.seconds));
         }
-        // FNV-1a: stable across Rust versions, unlike the std hasher.
+        for (name, kind, sql) in MEASURES {
+            let kind = match kind {
+                MeasureKind::Count => "count",
+                MeasureKind::Sum => "sum",
+            };
+            text.push_str(&format!(
+                "measure={name}:{kind}:{}:{sql};",
+                measure_type(name)
+            ));
+        }
+        for (channel, seconds) in slas {
+            text.push_str(&format!("sla={channel}={seconds};"));
+        }
         let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
@@ -297,6 +314,45 @@ mod tests {
         assert_eq!(before, def.dir(&slas));
         slas.insert("phone".into(), 60);
         assert_ne!(before, def.dir(&slas));
+    }
+
+    #[test]
+    fn folder_fingerprint_is_spelled_out_not_debug_output() {
+        let def = CubeDef::new(
+            "cube_channel",
+            &CubeConfig {
+                dimensions: vec!["channel".into(), "day".into()],
+                retention: Some("7 days".into()),
+            },
+        )
+        .unwrap();
+        let slas = BTreeMap::from([("phone".to_string(), 90)]);
+        // Recomputed from the documented recipe: a change of the recipe, the measures or
+        // their SQL must show here.
+        let mut text = "dimensions=channel,day;retention=day:604800;".to_string();
+        for (name, kind, sql) in MEASURES {
+            let kind = if kind == MeasureKind::Count {
+                "count"
+            } else {
+                "sum"
+            };
+            text.push_str(&format!(
+                "measure={name}:{kind}:{}:{sql};",
+                measure_type(name)
+            ));
+        }
+        text.push_str("sla=phone=90;");
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        assert_eq!(
+            def.dir(&slas),
+            format!("cubes/cube_channel-{:08x}", hash as u32)
+        );
+        assert!(
+            !text.contains("Some("),
+            "no Debug output in the fingerprint"
+        );
     }
 
     #[test]

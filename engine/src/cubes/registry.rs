@@ -1,8 +1,14 @@
-//! What the server knows of its cubes: for each, its definition, its size, the `traces`
-//! version it reflects and a table provider over it. [`CubeRegistry::refresh`] follows
-//! new commits (at most once per second); the rewrite reads [`CubeRegistry::current`]
-//! without waiting. `tracecube.cubes` shows the same state.
+//! What the server knows of `traces` and its cubes: the `traces` version to scan, and for
+//! each cube its definition, its size, the `traces` version it reflects and a table
+//! provider over it. [`CubeRegistry::refresh`] follows new commits (at most once per
+//! second); the rewrite reads [`CubeRegistry::current`] without waiting.
+//!
+//! There is one clock: the `traces` table of a session ([`TracesTable`]) scans the version
+//! of the registry's snapshot, and a query that uses cubes is pinned to one snapshot
+//! ([`PinnedTraces`]), so a cube answers only for the very `traces` version the same query
+//! would otherwise scan. `tracecube.cubes` shows the same state.
 
+use std::borrow::Cow;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -11,10 +17,12 @@ use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::TableProvider;
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Result;
-use datafusion::datasource::MemTable;
+use datafusion::datasource::{MemTable, TableType};
 use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
 use deltalake::DeltaTable;
 use tokio::sync::Mutex;
 
@@ -38,12 +46,17 @@ pub struct ServedCube {
     /// Bytes of Arrow memory when the cube is held in memory (else it is read from its
     /// Parquet files at each query).
     pub memory_bytes: Option<u64>,
+    /// Bytes of Arrow memory the cube took when it was last read whole, held or not: a
+    /// cube found too large is not read again until its version changes.
+    pub arrow_bytes: Option<u64>,
 }
 
-/// The cubes and the `traces` version they were checked against.
+/// The `traces` version to scan, a provider reading exactly that version, and the cubes
+/// as they were when it was read.
 #[derive(Debug, Clone, Default)]
 pub struct CubeSnapshot {
     pub traces_version: Option<i64>,
+    pub traces: Option<Arc<dyn TableProvider>>,
     pub cubes: Vec<ServedCube>,
 }
 
@@ -118,47 +131,55 @@ impl CubeRegistry {
             }
         };
         let previous = self.current();
+        let traces = match &previous.traces {
+            Some(p) if previous.traces_version == traces_version => Arc::clone(p),
+            _ => {
+                let table = handles.traces.as_ref().expect("opened above");
+                table
+                    .table_provider()
+                    .await
+                    .map_err(|e| self.warehouse.delta_error(Table::Traces)(e.into()))?
+            }
+        };
         let mut cubes = Vec::with_capacity(self.defs.len());
         for (i, def) in self.defs.iter().enumerate() {
             let dir = def.dir(&self.warehouse.config().sla_seconds);
             let known = previous.cubes.get(i).filter(|c| c.provider.is_some());
+            let unusable = ServedCube {
+                def: def.clone(),
+                dir: dir.clone(),
+                status: CubeStatus::default(),
+                provider: None,
+                memory_bytes: None,
+                arrow_bytes: None,
+            };
             let slot = &mut handles.cubes[i];
             if slot.is_none() {
                 // A cube no load has written yet has no table: it is simply not there.
                 match self.warehouse.open_dir(&dir).await {
                     Ok(t) if t.version().is_some() => *slot = Some(t),
                     _ => {
-                        cubes.push(ServedCube {
-                            def: def.clone(),
-                            dir,
-                            status: CubeStatus::default(),
-                            provider: None,
-                            memory_bytes: None,
-                        });
+                        cubes.push(unusable);
                         continue;
                     }
                 }
             }
             let table = slot.as_mut().expect("opened above");
-            let version = latest(table, &self.warehouse, &dir).await?;
-            if let Some(known) = known.filter(|k| Some(k.status.version) == version) {
-                cubes.push(known.clone());
-                continue;
+            match self.read_cube(table, def, &dir, known).await {
+                Ok(cube) => cubes.push(cube),
+                Err(e) => {
+                    // A cube that cannot be read is not used (queries go to `traces`), and
+                    // is opened anew at the next refresh.
+                    tracing::warn!("cube {} is not used: {e}", def.name);
+                    *slot = None;
+                    cubes.push(unusable);
+                }
             }
-            let error = self.warehouse.dir_error(&dir);
-            let status = status(table).await.map_err(&error)?;
-            let provider = table.table_provider().await.map_err(|e| error(e.into()))?;
-            cubes.push(ServedCube {
-                def: def.clone(),
-                dir,
-                status,
-                provider: Some(provider),
-                memory_bytes: None,
-            });
         }
         self.hold_in_memory(&mut cubes).await;
         *self.current.write().expect("registry lock") = Arc::new(CubeSnapshot {
             traces_version,
+            traces: Some(traces),
             cubes,
         });
         handles.checked = Some(Instant::now());
@@ -167,6 +188,31 @@ impl CubeRegistry {
 }
 
 impl CubeRegistry {
+    /// The cube in `table` at its latest version (`known` when that is the version held).
+    async fn read_cube(
+        &self,
+        table: &mut DeltaTable,
+        def: &CubeDef,
+        dir: &str,
+        known: Option<&ServedCube>,
+    ) -> Result<ServedCube, WarehouseError> {
+        let version = latest(table, &self.warehouse, dir).await?;
+        if let Some(known) = known.filter(|k| Some(k.status.version) == version) {
+            return Ok(known.clone());
+        }
+        let error = self.warehouse.dir_error(dir);
+        let status = status(table).await.map_err(&error)?;
+        let provider = table.table_provider().await.map_err(|e| error(e.into()))?;
+        Ok(ServedCube {
+            def: def.clone(),
+            dir: dir.to_string(),
+            status,
+            provider: Some(provider),
+            memory_bytes: None,
+            arrow_bytes: None,
+        })
+    }
+
     /// Hold the smallest cubes in memory as Arrow batches, within `cube_memory_mb`: a
     /// query then skips opening and decoding Parquet files. A cube already held at the
     /// same version stays as it is.
@@ -185,30 +231,36 @@ impl CubeRegistry {
             let Some(provider) = cube.provider.clone() else {
                 continue;
             };
-            if let Some(held) = previous.cubes.iter().find(|c| {
-                c.def == cube.def
-                    && c.status.version == cube.status.version
-                    && c.memory_bytes.is_some()
-            }) {
+            let same = previous
+                .cubes
+                .iter()
+                .find(|c| c.def == cube.def && c.status.version == cube.status.version);
+            if let Some(held) = same.filter(|c| c.memory_bytes.is_some()) {
                 let bytes = held.memory_bytes.unwrap_or(0);
                 if used + bytes <= budget {
                     used += bytes;
                     cube.provider = held.provider.clone();
                     cube.memory_bytes = held.memory_bytes;
                 }
+                cube.arrow_bytes = held.arrow_bytes;
                 continue;
             }
-            // Parquet is about a tenth of the Arrow size: skip what cannot fit.
-            if used + cube.status.bytes * 4 > budget {
+            // The size measured when this version was last read; else an estimate (Parquet
+            // is a fourth to a tenth of the Arrow size): skip what cannot fit.
+            cube.arrow_bytes = same.and_then(|c| c.arrow_bytes);
+            let estimate = cube.arrow_bytes.unwrap_or(cube.status.bytes * 4);
+            if used + estimate > budget {
                 continue;
             }
             match in_memory(provider).await {
-                Ok((table, bytes)) if used + bytes <= budget => {
-                    used += bytes;
-                    cube.provider = Some(table);
-                    cube.memory_bytes = Some(bytes);
+                Ok((table, bytes)) => {
+                    cube.arrow_bytes = Some(bytes);
+                    if used + bytes <= budget {
+                        used += bytes;
+                        cube.provider = Some(table);
+                        cube.memory_bytes = Some(bytes);
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => tracing::warn!("cube {} stays on storage: {e}", cube.def.name),
             }
         }
@@ -245,6 +297,127 @@ async fn latest(
     }
     Ok(table.version().map(|v| v as i64))
 }
+
+/// The `traces` table of a session: scans the version of the registry's current snapshot,
+/// after refreshing it (at most once per second, like the cubes).
+#[derive(Debug)]
+pub struct TracesTable {
+    registry: Arc<CubeRegistry>,
+    schema: SchemaRef,
+}
+
+impl TracesTable {
+    pub fn new(registry: Arc<CubeRegistry>) -> Result<Self, WarehouseError> {
+        let schema = registry
+            .current()
+            .traces
+            .as_ref()
+            .map(|t| t.schema())
+            .ok_or_else(|| {
+                WarehouseError::Session(Box::new(DataFusionError::Internal(
+                    "traces was not read".into(),
+                )))
+            })?;
+        Ok(TracesTable { registry, schema })
+    }
+
+    /// The registry this table follows.
+    pub fn registry(&self) -> &Arc<CubeRegistry> {
+        &self.registry
+    }
+}
+
+/// `traces` pinned to one snapshot of the registry: what a query that may use cubes scans.
+#[derive(Debug)]
+pub struct PinnedTraces {
+    pub snapshot: Arc<CubeSnapshot>,
+    schema: SchemaRef,
+}
+
+impl PinnedTraces {
+    pub fn new(snapshot: Arc<CubeSnapshot>, schema: SchemaRef) -> Self {
+        PinnedTraces { snapshot, schema }
+    }
+}
+
+/// What [`TracesTable`] and [`PinnedTraces`] have in common: they read a snapshot's
+/// `traces` provider.
+#[async_trait]
+trait SnapshotScan: std::fmt::Debug + Send + Sync + 'static {
+    fn table_schema(&self) -> SchemaRef;
+    async fn snapshot(&self) -> Result<Arc<CubeSnapshot>>;
+}
+
+#[async_trait]
+impl SnapshotScan for TracesTable {
+    fn table_schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    async fn snapshot(&self) -> Result<Arc<CubeSnapshot>> {
+        self.registry
+            .refresh()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(self.registry.current())
+    }
+}
+
+#[async_trait]
+impl SnapshotScan for PinnedTraces {
+    fn table_schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    async fn snapshot(&self) -> Result<Arc<CubeSnapshot>> {
+        Ok(Arc::clone(&self.snapshot))
+    }
+}
+
+macro_rules! snapshot_provider {
+    ($t:ty) => {
+        #[async_trait]
+        impl TableProvider for $t {
+            fn schema(&self) -> SchemaRef {
+                self.table_schema()
+            }
+
+            fn table_type(&self) -> TableType {
+                TableType::Base
+            }
+
+            fn get_logical_plan(&self) -> Option<Cow<'_, LogicalPlan>> {
+                None
+            }
+
+            fn supports_filters_pushdown(
+                &self,
+                filters: &[&Expr],
+            ) -> Result<Vec<TableProviderFilterPushDown>> {
+                // Filters are used for pruning; DataFusion re-applies them to the rows.
+                Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+            }
+
+            async fn scan(
+                &self,
+                state: &dyn Session,
+                projection: Option<&Vec<usize>>,
+                filters: &[Expr],
+                limit: Option<usize>,
+            ) -> Result<Arc<dyn ExecutionPlan>> {
+                let snapshot = self.snapshot().await?;
+                let traces = snapshot
+                    .traces
+                    .as_ref()
+                    .ok_or_else(|| DataFusionError::Execution("traces could not be read".into()))?;
+                traces.scan(state, projection, filters, limit).await
+            }
+        }
+    };
+}
+
+snapshot_provider!(TracesTable);
+snapshot_provider!(PinnedTraces);
 
 /// `tracecube.cubes`: one row per configured cube.
 #[derive(Debug)]

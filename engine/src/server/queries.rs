@@ -50,6 +50,7 @@ struct LoggedQuery {
     query: String,
     use_cubes: bool,
     cubes: Option<String>,
+    cube_misses: Option<String>,
     rows: i64,
     error: Option<String>,
 }
@@ -101,6 +102,9 @@ impl QueryLog {
             Arc::new(StringArray::from_iter(
                 entries.iter().map(|e| e.cubes.as_deref()),
             )),
+            Arc::new(StringArray::from_iter(
+                entries.iter().map(|e| e.cube_misses.as_deref()),
+            )),
             Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.rows))),
             Arc::new(StringArray::from_iter(
                 entries.iter().map(|e| e.error.as_deref()),
@@ -120,6 +124,7 @@ pub fn queries_schema() -> SchemaRef {
         Field::new("query", DataType::Utf8, false),
         Field::new("use_cubes", DataType::Boolean, false),
         Field::new("cubes", DataType::Utf8, true),
+        Field::new("cube_misses", DataType::Utf8, true),
         Field::new("rows", DataType::Int64, false),
         Field::new("error", DataType::Utf8, true),
     ]))
@@ -204,6 +209,7 @@ impl QueryHandler {
                 query: query.to_string(),
                 use_cubes,
                 cubes: None,
+                cube_misses: None,
                 rows: 0,
                 error: None,
             },
@@ -213,12 +219,12 @@ impl QueryHandler {
 
     /// Note the outcome; the entry is logged when the last response stream ends.
     fn finish(scope: &QueryScope, mut pending: Pending, result: &mut PgWireResult<Vec<Response>>) {
-        let used = scope.cubes_used.lock().expect("lock").clone();
-        if !used.is_empty() {
-            let mut distinct = used;
-            distinct.dedup();
-            pending.entry.cubes = Some(distinct.join(", "));
-        }
+        let joined = |list: &Mutex<Vec<String>>| {
+            let list = list.lock().expect("query scope lock");
+            (!list.is_empty()).then(|| list.join("; "))
+        };
+        pending.entry.cubes = joined(&scope.cubes_used).map(|c| c.replace("; ", ", "));
+        pending.entry.cube_misses = joined(&scope.misses);
         match result {
             Err(e) => pending.entry.error = Some(e.to_string()),
             Ok(responses) => {
