@@ -412,3 +412,59 @@ async fn use_cubes_is_a_per_connection_setting() {
     drop((a, b));
     server.stop().await;
 }
+
+/// Loads committed while queries run: a cube answer never misses rows that an earlier raw
+/// answer had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cube_answers_follow_the_traces_version_a_raw_query_saw() {
+    let wh = TestWarehouse::new().await;
+    let sources: Vec<_> = (0..4)
+        .map(|i| wh.generate(&format!("src{i}"), 1_500, 100 + i))
+        .collect();
+    wh.load(&[&sources[0]], LoadOptions::default())
+        .await
+        .unwrap();
+    let server = TestServer::start(wh.config()).await;
+    let client = server.connect().await;
+    // Another writer (its own warehouse handle, as another process would have).
+    let writer = Warehouse::open(wh.config()).await.unwrap();
+    let loads = {
+        let sources: Vec<String> = sources[1..]
+            .iter()
+            .map(|s| s.display().to_string())
+            .collect();
+        tokio::spawn(async move {
+            for s in sources {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                tracecube_engine::load::Loader::new(&writer)
+                    .load(&[s], &LoadOptions::default())
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let count = |rows: Vec<Vec<String>>| rows[0][0].parse::<i64>().unwrap();
+    let sql = "SELECT count(*) FROM traces t WHERE t.day >= DATE '2000-01-01'";
+    let mut cube_answers = 0;
+    while !loads.is_finished() {
+        rows(&client, "SET tracecube.use_cubes = off").await;
+        let raw = count(rows(&client, sql).await);
+        rows(&client, "SET tracecube.use_cubes = on").await;
+        let with = count(rows(&client, sql).await);
+        let used = last_cubes(&client).await;
+        assert!(
+            with >= raw,
+            "the cube answer {with} misses rows the raw answer {raw} had"
+        );
+        cube_answers += usize::from(!used.is_empty());
+    }
+    loads.await.unwrap();
+    settle().await;
+    let with = count(rows(&client, sql).await);
+    assert!(!last_cubes(&client).await.is_empty());
+    rows(&client, "SET tracecube.use_cubes = off").await;
+    assert_eq!(with, count(rows(&client, sql).await));
+    assert!(cube_answers > 0);
+    drop(client);
+    server.stop().await;
+}
