@@ -26,19 +26,41 @@ pub fn column(name: &str) -> Expr {
 pub fn strip_lossless_casts(e: &Expr) -> &Expr {
     match e {
         Expr::Alias(a) => strip_lossless_casts(&a.expr),
-        Expr::Cast(c) if lossless(c.field.data_type()) => strip_lossless_casts(&c.expr),
+        Expr::Cast(c)
+            if value_type(&c.expr).is_some_and(|from| lossless(&from, c.field.data_type())) =>
+        {
+            strip_lossless_casts(&c.expr)
+        }
         _ => e,
     }
 }
 
-/// Casts to these types keep the value of every trace column they can apply to: integers
-/// and floats widened, instants in another unit or zone. Narrowing casts (to `INT`,
-/// `SMALLINT`, `DATE`, text) change values, so an aggregate over them is left raw.
-fn lossless(to: &DataType) -> bool {
-    matches!(
-        to,
-        DataType::Int64 | DataType::Float64 | DataType::Timestamp(..)
-    )
+/// The type of a trace column, a cast or a constant.
+fn value_type(e: &Expr) -> Option<DataType> {
+    match e {
+        Expr::Alias(a) => value_type(&a.expr),
+        Expr::Column(c) => TRACES
+            .field_with_name(&c.name)
+            .ok()
+            .map(|f| f.data_type().clone()),
+        Expr::Cast(c) => Some(c.field.data_type().clone()),
+        Expr::Literal(v, _) => Some(v.data_type()),
+        _ => None,
+    }
+}
+
+/// Whether a cast from `from` to `to` keeps every value: integers widened to `BIGINT` or
+/// `DOUBLE`, floats to `DOUBLE`, instants to another unit or zone. Anything else (to a
+/// narrower number, float to integer, text, dates) changes values, so an aggregate over it
+/// is left raw.
+fn lossless(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    match (from, to) {
+        (Int8 | Int16 | Int32 | Int64, Int64 | Float64) => true,
+        (Float32 | Float64, Float64) => true,
+        (Timestamp(..), Timestamp(..)) => true,
+        _ => from == to,
+    }
 }
 
 fn column_name(e: &Expr) -> Option<&str> {
@@ -59,6 +81,21 @@ fn number(e: &Expr) -> Option<f64> {
     };
     match value.cast_to(&DataType::Float64).ok()? {
         ScalarValue::Float64(Some(v)) => Some(v),
+        _ => None,
+    }
+}
+
+/// A constant integer small enough that its sum over any table fits a `BIGINT` as the
+/// raw sum does (`sum(1)`, `SUM(1)` of Tableau's record count).
+fn small_integer(e: &Expr) -> Option<i64> {
+    let Expr::Literal(value, _) = strip_lossless_casts(e) else {
+        return None;
+    };
+    if !value.data_type().is_integer() {
+        return None;
+    }
+    match value.cast_to(&DataType::Int64).ok()? {
+        ScalarValue::Int64(Some(v)) if v.abs() <= 1_000_000 => Some(v),
         _ => None,
     }
 }
@@ -173,6 +210,10 @@ impl Measures {
         if !params.order_by.is_empty() || params.null_treatment.is_some() {
             return Err(unsupported());
         }
+        let name = af.func.name();
+        if params.distinct && !matches!(name, "min" | "max" | "count") {
+            return Err(unsupported());
+        }
         let filter = params.filter.as_deref().cloned();
         let args = &params.args;
         let out = match (af.func.name(), args.as_slice()) {
@@ -211,14 +252,9 @@ impl Measures {
                     let hits = float(self.sum(flag, filter.clone()));
                     let all = float(self.sum("contacts", filter.clone()));
                     Some(lit(a) * hits.clone() + lit(b) * (all - hits))
-                } else if let Some(c) = number(arg) {
+                } else if let Some(c) = small_integer(arg) {
                     // sum(1): the constant times the contacts; NULL over no row.
-                    let all = self.sum("contacts", filter.clone());
-                    Some(if c.fract() == 0.0 && c.abs() < 1e15 {
-                        all * lit(c as i64)
-                    } else {
-                        lit(c) * float(all)
-                    })
+                    Some(self.sum("contacts", filter.clone()) * lit(c))
                 } else {
                     None
                 }

@@ -400,13 +400,29 @@ fn build(
         .provider
         .clone()
         .ok_or_else(|| Miss::Reason(format!("{} cannot be read", cube.def.name)))?;
+    // Columns qualified by the cube's scan, as the SQL planner writes them: later rules
+    // match expressions to fields by qualified name.
+    let qualify = |e: Expr| -> Result<Expr> {
+        e.transform_up(|e| match e {
+            Expr::Column(c) if c.relation.is_none() => Ok(Transformed::yes(Expr::Column(
+                Column::new(Some(cube.def.name.as_str()), c.name),
+            ))),
+            e => Ok(Transformed::no(e)),
+        })
+        .map(|t| t.data)
+    };
+    let all = |exprs: Vec<Expr>| exprs.into_iter().map(qualify).collect::<Result<Vec<_>>>();
     let mut input =
         LogicalPlanBuilder::scan(cube.def.name.as_str(), provider_as_source(provider), None)?;
-    if let Some(p) = conjunction(fitted.predicates) {
+    if let Some(p) = conjunction(all(fitted.predicates)?) {
         input = input.filter(p)?;
     }
     let input = input.build()?;
-    let new_agg = Aggregate::try_new(Arc::new(input), fitted.groups, fitted.aggregates)?;
+    let new_agg = Aggregate::try_new(
+        Arc::new(input),
+        all(fitted.groups)?,
+        all(fitted.aggregates)?,
+    )?;
     let groups = agg.group_expr_len()?;
     if new_agg.group_expr_len()? != groups {
         return Err(Miss::Reason("the grouping changed shape".into()));
