@@ -242,6 +242,30 @@ async fn rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
     }
 }
 
+/// An instant (a whole minute) three hours before the newest trace.
+async fn recent(client: &Client) -> String {
+    rows(
+        client,
+        "SELECT to_char(max(minute) - INTERVAL '3 hours', '%Y-%m-%d %H:%M:%S') FROM traces",
+    )
+    .await[0][0]
+        .clone()
+}
+
+/// Text answers with and without cubes: the same rows, as sets (grouping sets give rows
+/// whose ORDER BY keys tie, a NULL key and a subtotal), floats within 1e-9 relative.
+fn assert_same_rows(sql: &str, mut with: Vec<Vec<String>>, mut without: Vec<Vec<String>>) {
+    with.sort();
+    without.sort();
+    assert_eq!(with.len(), without.len(), "row counts differ for {sql}");
+    for (r, (a, b)) in with.iter().zip(&without).enumerate() {
+        assert!(
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| close(x, y)),
+            "{sql}\n  row {r}: with cubes {a:?}, from traces {b:?}"
+        );
+    }
+}
+
 /// The cubes (if any) that answered the previous query on this connection.
 async fn last_cubes(client: &Client) -> String {
     rows(
@@ -266,25 +290,16 @@ async fn differential(
     for _ in 0..count {
         let (sql, served) = random_query(rng, recent);
         rows(client, "SET tracecube.use_cubes = on").await;
-        let mut with = rows(client, &sql).await;
+        let with = rows(client, &sql).await;
         let used = last_cubes(client).await;
         rows(client, "SET tracecube.use_cubes = off").await;
-        let mut without = rows(client, &sql).await;
-        // As sets: ROLLUP gives rows whose ORDER BY keys tie (a NULL key and a subtotal).
-        with.sort();
-        without.sort();
+        let without = rows(client, &sql).await;
         assert_eq!(
             last_cubes(client).await,
             "",
             "cubes are off but one was used: {sql}"
         );
-        assert_eq!(with.len(), without.len(), "row counts differ for {sql}");
-        for (r, (a, b)) in with.iter().zip(&without).enumerate() {
-            assert!(
-                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| close(x, y)),
-                "{sql}\n  row {r}: with cubes {a:?}, from traces {b:?}"
-            );
-        }
+        assert_same_rows(&sql, with, without);
         if cubes_usable {
             assert_eq!(
                 !used.is_empty(),
@@ -328,12 +343,7 @@ async fn cube_answers_equal_raw_answers_across_loads_compaction_and_staleness() 
 
     let server = TestServer::start(wh.config()).await;
     let client = server.connect().await;
-    let recent = rows(
-        &client,
-        "SELECT to_char(max(minute) - INTERVAL '3 hours', '%Y-%m-%d %H:%M:%S') FROM traces",
-    )
-    .await[0][0]
-        .clone();
+    let recent = recent(&client).await;
     let fresh = freshness(&client).await;
     assert_eq!(fresh.len(), default_cubes().len());
     assert!(fresh.values().all(|f| f == "t"), "{fresh:?}");

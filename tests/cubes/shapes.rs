@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::{FromSql, ToSql, Type};
 
 use super::common::{TestServer, TestWarehouse};
-use super::{close, last_cubes, rows};
+use super::{assert_same_rows, close, last_cubes, recent, rows};
 use tracecube_engine::load::LoadOptions;
 
 /// Whether a cube must, must not, or may answer a shape.
@@ -343,22 +343,12 @@ impl Checker {
     /// Simple protocol: text rows, cubes on and off, and `EXPLAIN`.
     async fn simple(&mut self, client: &Client, sql: &str, expected: Served) {
         let sql = sql.replace("{recent}", &self.recent);
-        // Rows are compared as sets: grouping sets give rows whose ORDER BY keys tie
-        // (a NULL key and a subtotal).
         self.set(client, true).await;
-        let mut with = rows(client, &sql).await;
+        let with = rows(client, &sql).await;
         self.expect_served(client, &sql, expected).await;
         self.set(client, false).await;
-        let mut without = rows(client, &sql).await;
-        with.sort();
-        without.sort();
-        assert_eq!(with.len(), without.len(), "row counts differ for {sql}");
-        for (r, (a, b)) in with.iter().zip(&without).enumerate() {
-            assert!(
-                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| close(x, y)),
-                "{sql}\n  row {r}: with cubes {a:?}, from traces {b:?}"
-            );
-        }
+        let without = rows(client, &sql).await;
+        assert_same_rows(&sql, with, without);
         if expected == Yes {
             self.set(client, true).await;
             let plan = rows(client, &format!("EXPLAIN {sql}"))
@@ -406,13 +396,10 @@ async fn bi_tool_query_shapes_give_raw_answers_and_use_cubes() {
     }
     let server = TestServer::start(wh.config()).await;
     let client = server.connect().await;
-    let recent = rows(
-        &client,
-        "SELECT to_char(max(minute) - INTERVAL '3 hours', '%Y-%m-%d %H:%M:%S') FROM traces",
-    )
-    .await[0][0]
-        .clone();
-    let mut check = Checker { recent, served: 0 };
+    let mut check = Checker {
+        recent: recent(&client).await,
+        served: 0,
+    };
     assert!(SHAPES.len() >= 40);
     for (sql, expected) in SHAPES {
         check.simple(&client, sql, *expected).await;

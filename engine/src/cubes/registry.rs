@@ -5,7 +5,7 @@
 //!
 //! There is one clock: the `traces` table of a session ([`TracesTable`]) scans the version
 //! of the registry's snapshot, and a query that uses cubes is pinned to one snapshot
-//! ([`PinnedTraces`]), so a cube answers only for the very `traces` version the same query
+//! ([`TracesTable::pinned_to`]), so a cube answers only for the very `traces` version the same query
 //! would otherwise scan. `tracecube.cubes` shows the same state.
 
 use std::borrow::Cow;
@@ -298,12 +298,14 @@ async fn latest(
     Ok(table.version().map(|v| v as i64))
 }
 
-/// The `traces` table of a session: scans the version of the registry's current snapshot,
-/// after refreshing it (at most once per second, like the cubes).
+/// The `traces` table of a session. Live, it scans the version of the registry's current
+/// snapshot after refreshing it (at most once per second, like the cubes); pinned (by the
+/// rewrite, for a query that may use cubes), it scans the version of one snapshot.
 #[derive(Debug)]
 pub struct TracesTable {
     registry: Arc<CubeRegistry>,
     schema: SchemaRef,
+    pinned: Option<Arc<CubeSnapshot>>,
 }
 
 impl TracesTable {
@@ -318,43 +320,31 @@ impl TracesTable {
                     "traces was not read".into(),
                 )))
             })?;
-        Ok(TracesTable { registry, schema })
+        Ok(TracesTable {
+            registry,
+            schema,
+            pinned: None,
+        })
     }
 
-    /// The registry this table follows.
-    pub fn registry(&self) -> &Arc<CubeRegistry> {
-        &self.registry
+    /// The snapshot this table is pinned to, if it is.
+    pub fn pinned(&self) -> Option<&Arc<CubeSnapshot>> {
+        self.pinned.as_ref()
     }
-}
 
-/// `traces` pinned to one snapshot of the registry: what a query that may use cubes scans.
-#[derive(Debug)]
-pub struct PinnedTraces {
-    pub snapshot: Arc<CubeSnapshot>,
-    schema: SchemaRef,
-}
-
-impl PinnedTraces {
-    pub fn new(snapshot: Arc<CubeSnapshot>, schema: SchemaRef) -> Self {
-        PinnedTraces { snapshot, schema }
-    }
-}
-
-/// What [`TracesTable`] and [`PinnedTraces`] have in common: they read a snapshot's
-/// `traces` provider.
-#[async_trait]
-trait SnapshotScan: std::fmt::Debug + Send + Sync + 'static {
-    fn table_schema(&self) -> SchemaRef;
-    async fn snapshot(&self) -> Result<Arc<CubeSnapshot>>;
-}
-
-#[async_trait]
-impl SnapshotScan for TracesTable {
-    fn table_schema(&self) -> SchemaRef {
-        self.schema.clone()
+    /// The same table pinned to `snapshot`.
+    pub fn pinned_to(&self, snapshot: Arc<CubeSnapshot>) -> Self {
+        TracesTable {
+            registry: Arc::clone(&self.registry),
+            schema: self.schema.clone(),
+            pinned: Some(snapshot),
+        }
     }
 
     async fn snapshot(&self) -> Result<Arc<CubeSnapshot>> {
+        if let Some(s) = &self.pinned {
+            return Ok(Arc::clone(s));
+        }
         self.registry
             .refresh()
             .await
@@ -364,60 +354,42 @@ impl SnapshotScan for TracesTable {
 }
 
 #[async_trait]
-impl SnapshotScan for PinnedTraces {
-    fn table_schema(&self) -> SchemaRef {
+impl TableProvider for TracesTable {
+    fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
 
-    async fn snapshot(&self) -> Result<Arc<CubeSnapshot>> {
-        Ok(Arc::clone(&self.snapshot))
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn get_logical_plan(&self) -> Option<Cow<'_, LogicalPlan>> {
+        None
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Filters are used for pruning; DataFusion re-applies them to the rows.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let snapshot = self.snapshot().await?;
+        let traces = snapshot
+            .traces
+            .as_ref()
+            .ok_or_else(|| DataFusionError::Execution("traces could not be read".into()))?;
+        traces.scan(state, projection, filters, limit).await
     }
 }
-
-macro_rules! snapshot_provider {
-    ($t:ty) => {
-        #[async_trait]
-        impl TableProvider for $t {
-            fn schema(&self) -> SchemaRef {
-                self.table_schema()
-            }
-
-            fn table_type(&self) -> TableType {
-                TableType::Base
-            }
-
-            fn get_logical_plan(&self) -> Option<Cow<'_, LogicalPlan>> {
-                None
-            }
-
-            fn supports_filters_pushdown(
-                &self,
-                filters: &[&Expr],
-            ) -> Result<Vec<TableProviderFilterPushDown>> {
-                // Filters are used for pruning; DataFusion re-applies them to the rows.
-                Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
-            }
-
-            async fn scan(
-                &self,
-                state: &dyn Session,
-                projection: Option<&Vec<usize>>,
-                filters: &[Expr],
-                limit: Option<usize>,
-            ) -> Result<Arc<dyn ExecutionPlan>> {
-                let snapshot = self.snapshot().await?;
-                let traces = snapshot
-                    .traces
-                    .as_ref()
-                    .ok_or_else(|| DataFusionError::Execution("traces could not be read".into()))?;
-                traces.scan(state, projection, filters, limit).await
-            }
-        }
-    };
-}
-
-snapshot_provider!(TracesTable);
-snapshot_provider!(PinnedTraces);
 
 /// `tracecube.cubes`: one row per configured cube.
 #[derive(Debug)]

@@ -6,7 +6,7 @@
 //! bound, `path_is_under` turned into `LIKE`), and in every later optimizer pass.
 //!
 //! 1. Every scan of `traces` in the plan is pinned to one registry snapshot
-//!    ([`PinnedTraces`]): cubes are used only when they reflect exactly that version.
+//!    ([`TracesTable::pinned_to`]): cubes are used only when they reflect exactly that version.
 //! 2. For each `Aggregate`, the nodes between it and a `traces` scan (filters, projections,
 //!    aliases: derived tables, CTEs, views, any table alias) are followed down, and every
 //!    group key, predicate and aggregate argument is written over the scan's own columns.
@@ -32,7 +32,7 @@ use datafusion::logical_expr::{
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
 use super::measures::{Measures, column, strip_alias, strip_lossless_casts};
-use super::registry::{CubeRegistry, CubeSnapshot, PinnedTraces, ServedCube, TracesTable};
+use super::registry::{CubeRegistry, CubeSnapshot, ServedCube, TracesTable};
 use super::time_filters::LocalDays;
 
 tokio::task_local! {
@@ -143,29 +143,36 @@ fn pinned_snapshot(plan: &LogicalPlan) -> Option<Arc<CubeSnapshot>> {
     found
 }
 
+/// The `traces` table `scan` reads, if it does.
+fn traces_table(scan: &TableScan) -> Option<Arc<dyn datafusion::catalog::TableProvider>> {
+    let provider = source_as_provider(&scan.source).ok()?;
+    let any: &dyn std::any::Any = provider.as_ref();
+    any.is::<TracesTable>().then_some(provider)
+}
+
+fn as_traces(provider: &Arc<dyn datafusion::catalog::TableProvider>) -> &TracesTable {
+    let any: &dyn std::any::Any = provider.as_ref();
+    any.downcast_ref::<TracesTable>()
+        .expect("checked by traces_table")
+}
+
 /// The snapshot `scan` reads, when it is a pinned scan of `traces`.
 fn pinned(scan: &TableScan) -> Option<Arc<CubeSnapshot>> {
-    let provider = source_as_provider(&scan.source).ok()?;
-    let provider: &dyn std::any::Any = provider.as_ref();
-    provider
-        .downcast_ref::<PinnedTraces>()
-        .map(|p| Arc::clone(&p.snapshot))
+    let provider = traces_table(scan)?;
+    as_traces(&provider).pinned().cloned()
 }
 
 /// A scan of the live `traces` turned into a scan of `snapshot`'s version.
 fn pin(mut scan: TableScan, snapshot: &Arc<CubeSnapshot>) -> Transformed<LogicalPlan> {
-    let live = source_as_provider(&scan.source).ok().filter(|p| {
-        let p: &dyn std::any::Any = p.as_ref();
-        p.downcast_ref::<TracesTable>().is_some()
-    });
-    match live {
-        Some(live) => {
-            let pinned = PinnedTraces::new(Arc::clone(snapshot), live.schema());
-            scan.source = provider_as_source(Arc::new(pinned));
-            Transformed::yes(LogicalPlan::TableScan(scan))
-        }
-        None => Transformed::no(LogicalPlan::TableScan(scan)),
+    let Some(provider) = traces_table(&scan) else {
+        return Transformed::no(LogicalPlan::TableScan(scan));
+    };
+    let table = as_traces(&provider);
+    if table.pinned().is_some() {
+        return Transformed::no(LogicalPlan::TableScan(scan));
     }
+    scan.source = provider_as_source(Arc::new(table.pinned_to(Arc::clone(snapshot))));
+    Transformed::yes(LogicalPlan::TableScan(scan))
 }
 
 /// Why an aggregate was not rewritten.
