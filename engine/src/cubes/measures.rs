@@ -252,11 +252,9 @@ impl Measures {
                     let hits = float(self.sum(flag, filter.clone()));
                     let all = float(self.sum("contacts", filter.clone()));
                     Some(lit(a) * hits.clone() + lit(b) * (all - hits))
-                } else if let Some(c) = small_integer(arg) {
-                    // sum(1): the constant times the contacts; NULL over no row.
-                    Some(self.sum("contacts", filter.clone()) * lit(c))
                 } else {
-                    None
+                    // sum(1): the constant times the contacts; NULL over no row.
+                    small_integer(arg).map(|c| self.sum("contacts", filter.clone()) * lit(c))
                 }
             }
             ("avg", [arg]) if !params.distinct => {
