@@ -48,6 +48,13 @@ const GROUP_KEYS: &[Part] = &[
     part("action", &["action"], true),
     part("day", &["day"], true),
     part("date_trunc('month', day)", &["day"], true),
+    part("extract(year FROM day)", &["day"], true),
+    part("path_segment(declaration, 2)", &["declaration"], true),
+    part(
+        "split_part(qualification, '/', 1)",
+        &["qualification"],
+        true,
+    ),
     part("life_stage", &["life_stage"], true),
     part("tenure_year", &["tenure_year"], true),
     part("hour", &["hour"], true),
@@ -70,6 +77,8 @@ const FILTERS: &[Part] = &[
         true,
     ),
     part("channel IN ('phone', 'chat', 'email')", &["channel"], true),
+    part("declaration LIKE 'Delivery/%'", &["declaration"], true),
+    part("day < DATE '2026-07-01'", &["day"], true),
     part("category = 'avoidable'", &["category"], true),
     part("tenure_year >= 2", &["tenure_year"], true),
     part("hour BETWEEN 9 AND 17", &["hour"], true),
@@ -238,7 +247,11 @@ fn close(a: &str, b: &str) -> bool {
 async fn rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
     match client.simple_query(sql).await {
         Ok(m) => simple_rows(m),
-        Err(e) => panic!("{sql}\n  failed: {e}"),
+        Err(e) => panic!(
+            "{sql}\n  failed: {}",
+            e.as_db_error()
+                .map_or(e.to_string(), |d| d.message().to_string())
+        ),
     }
 }
 
@@ -279,12 +292,23 @@ async fn last_cubes(client: &Client) -> String {
 /// Run `count` random queries with cubes on and off; every answer must agree, and every
 /// query a default cube can serve must be served by one (unless `cubes_usable` is false,
 /// when none may be). Returns how many were served by cubes.
+/// What the differential test expects of the cubes.
+#[derive(Clone, Copy)]
+enum Expect {
+    /// The default cubes are fresh: a cube answers exactly the queries predicted.
+    AsPredicted,
+    /// No cube is usable.
+    Raw,
+    /// Other cubes than the defaults: only the answers are compared.
+    Any,
+}
+
 async fn differential(
     client: &Client,
     rng: &mut Rng,
     count: usize,
     recent: &str,
-    cubes_usable: bool,
+    expect: Expect,
 ) -> usize {
     let mut served_count = 0;
     for _ in 0..count {
@@ -300,15 +324,15 @@ async fn differential(
             "cubes are off but one was used: {sql}"
         );
         assert_same_rows(&sql, with, without);
-        if cubes_usable {
-            assert_eq!(
+        match expect {
+            Expect::AsPredicted => assert_eq!(
                 !used.is_empty(),
                 served,
                 "{sql}\n  expected {} but cubes used: {used:?}",
                 if served { "a cube" } else { "the raw path" }
-            );
-        } else {
-            assert_eq!(used, "", "stale cubes were used for {sql}");
+            ),
+            Expect::Raw => assert_eq!(used, "", "stale cubes were used for {sql}"),
+            Expect::Any => {}
         }
         served_count += usize::from(!used.is_empty());
     }
@@ -350,7 +374,7 @@ async fn cube_answers_equal_raw_answers_across_loads_compaction_and_staleness() 
     let mut rng = Rng(2026);
 
     // Two loads: every cube holds two partial rows per cell at most.
-    let served = differential(&client, &mut rng, 60, &recent, true).await;
+    let served = differential(&client, &mut rng, 60, &recent, Expect::AsPredicted).await;
     assert!(served > 10, "only {served} of 60 queries used a cube");
 
     // Compaction merges them (and moves the traces version: the cubes follow).
@@ -359,7 +383,7 @@ async fn cube_answers_equal_raw_answers_across_loads_compaction_and_staleness() 
         .unwrap();
     settle().await;
     assert!(freshness(&client).await.values().all(|f| f == "t"));
-    differential(&client, &mut rng, 60, &recent, true).await;
+    differential(&client, &mut rng, 60, &recent, Expect::AsPredicted).await;
 
     // A load by a process configured without cubes leaves them stale: never used.
     let mut config = wh.config();
@@ -371,7 +395,7 @@ async fn cube_answers_equal_raw_answers_across_loads_compaction_and_staleness() 
         .unwrap();
     settle().await;
     assert!(freshness(&client).await.values().all(|f| f == "f"));
-    differential(&client, &mut rng, 20, &recent, false).await;
+    differential(&client, &mut rng, 20, &recent, Expect::Raw).await;
 
     // The next load finds them stale and rebuilds them from traces.
     wh.load(&[&sources[3]], LoadOptions::default())
@@ -379,7 +403,7 @@ async fn cube_answers_equal_raw_answers_across_loads_compaction_and_staleness() 
         .unwrap();
     settle().await;
     assert!(freshness(&client).await.values().all(|f| f == "t"));
-    differential(&client, &mut rng, 40, &recent, true).await;
+    differential(&client, &mut rng, 40, &recent, Expect::AsPredicted).await;
 
     // EXPLAIN names the cube; with cubes off it scans traces.
     let sql = "EXPLAIN SELECT channel, count(*) FROM traces GROUP BY channel";
@@ -475,6 +499,95 @@ async fn cube_answers_follow_the_traces_version_a_raw_query_saw() {
     rows(&client, "SET tracecube.use_cubes = off").await;
     assert_eq!(with, count(rows(&client, sql).await));
     assert!(cube_answers > 0);
+    drop(client);
+    server.stop().await;
+}
+
+/// Cubes of expression dimensions only (level-2 paths by day and by month): every
+/// question they can answer is answered by one of them, and exactly as from `traces`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expression_dimensions_answer_coarser_questions_exactly() {
+    let defaults = default_cubes();
+    let cubes = ["cube_l2_day", "cube_l2_month"]
+        .into_iter()
+        .map(|n| (n.to_string(), defaults[n].clone()))
+        .collect();
+    let wh = TestWarehouse::with_cubes(cubes).await;
+    for seed in [31, 32] {
+        let source = wh.generate(&format!("src{seed}"), 4_000, seed);
+        wh.load(&[&source], LoadOptions::default()).await.unwrap();
+    }
+    let server = TestServer::start(wh.config()).await;
+    let client = server.connect().await;
+    let served = [
+        (
+            "SELECT path_prefix(declaration, 1) AS l1, count(*) FROM traces GROUP BY 1",
+            "cube_l2_month",
+        ),
+        (
+            "SELECT path_prefix(declaration, 2) AS d, path_prefix(qualification, 1) AS q, count(*), sum(cost) \
+             FROM traces WHERE path_is_under(declaration, 'Delivery') AND day >= DATE '2026-06-15' GROUP BY 1, 2",
+            "cube_l2_day",
+        ),
+        (
+            "SELECT date_trunc('quarter', day) AS q, path_segment(qualification, 2) AS s, csat(csat), nps(nps) \
+             FROM traces t WHERE t.day >= DATE '2026-03-01' AND t.day <= DATE '2026-08-31' GROUP BY 1, 2",
+            "cube_l2_month",
+        ),
+        (
+            "SELECT EXTRACT(YEAR FROM day) AS y, channel, count(*) FROM traces \
+             WHERE ts >= TIMESTAMP '2026-03-01 00:00:00' AND ts < TIMESTAMP '2026-09-01 00:00:00' GROUP BY 1, 2",
+            "cube_l2_month",
+        ),
+        (
+            "SELECT path_child(declaration, 'Delivery') AS child, count(*) FROM traces \
+             WHERE declaration LIKE 'Delivery/%' GROUP BY 1",
+            "cube_l2_month",
+        ),
+        (
+            "SELECT split_part(qualification, '/', 2) AS q, sum(cost) FROM (SELECT * FROM traces) AS virtual_table \
+             WHERE category = 'avoidable' AND qualification IS NOT NULL GROUP BY 1",
+            "cube_l2_month",
+        ),
+        (
+            "SELECT count(DISTINCT path_prefix(declaration, 2)) FROM traces \
+             WHERE declaration NOT IN ('Delivery', 'Billing')",
+            "cube_l2_month",
+        ),
+        (
+            r#"SELECT CAST(DATE_TRUNC('MONTH', CAST("traces"."day" AS DATE)) AS DATE) AS "tmn:day:ok", SUM(1) AS "cnt" FROM "public"."traces" "traces" WHERE path_is_under("traces"."declaration", 'Delivery/Tracking') GROUP BY 1"#,
+            "cube_l2_month",
+        ),
+        (
+            "SELECT path_prefix(qualification, 2) AS q, aht(handle_s), service_level(channel, wait_s, abandoned) \
+             FROM traces WHERE day >= DATE '2026-05-03' AND day < DATE '2026-06-02' GROUP BY ROLLUP (path_prefix(qualification, 2))",
+            "cube_l2_day",
+        ),
+    ];
+    let raw = [
+        "SELECT path_prefix(declaration, 3) AS d, count(*) FROM traces GROUP BY 1",
+        "SELECT count(*) FROM traces WHERE declaration = 'Delivery/Tracking'",
+        "SELECT count(*) FROM traces WHERE declaration LIKE 'Delivery/Tracking/%'",
+        "SELECT path_level(declaration) AS l, count(*) FROM traces GROUP BY 1",
+        "SELECT max(declaration), min(day) FROM traces",
+        "SELECT date_trunc('month', ts) AS m, count(*) FROM traces GROUP BY 1",
+    ];
+    let checks = served
+        .iter()
+        .map(|(sql, cube)| (*sql, *cube))
+        .chain(raw.iter().map(|sql| (*sql, "")));
+    for (sql, cube) in checks {
+        rows(&client, "SET tracecube.use_cubes = on").await;
+        let with = rows(&client, sql).await;
+        assert_eq!(last_cubes(&client).await, cube, "{sql}");
+        rows(&client, "SET tracecube.use_cubes = off").await;
+        let without = rows(&client, sql).await;
+        assert_same_rows(sql, with, without);
+    }
+    let recent = recent(&client).await;
+    let mut rng = Rng(77);
+    let used = differential(&client, &mut rng, 60, &recent, Expect::Any).await;
+    assert!(used > 5, "only {used} of 60 queries used a cube");
     drop(client);
     server.stop().await;
 }

@@ -85,9 +85,25 @@ impl CubeConfig {
             ),
             None => (text, None),
         };
-        let dimensions: Vec<String> = dims
-            .split(',')
-            .map(|d| d.trim().to_ascii_lowercase())
+        // Commas inside parentheses belong to an expression (`path_prefix(declaration, 2)`).
+        let mut dimensions: Vec<String> = Vec::new();
+        let (mut depth, mut current) = (0i32, String::new());
+        for c in dims.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    dimensions.push(std::mem::take(&mut current));
+                    continue;
+                }
+                _ => {}
+            }
+            current.push(c);
+        }
+        dimensions.push(current);
+        let dimensions: Vec<String> = dimensions
+            .iter()
+            .map(|d| d.trim().to_string())
             .filter(|d| !d.is_empty())
             .collect();
         (!dimensions.is_empty()).then_some(CubeConfig {
@@ -131,6 +147,32 @@ pub fn default_cubes() -> BTreeMap<String, CubeConfig> {
         (
             "cube_hour",
             CubeConfig::new(&["weekday", "hour", "channel", "category", "day"], None),
+        ),
+        (
+            "cube_l2_day",
+            CubeConfig::new(
+                &[
+                    "path_prefix(declaration, 2)",
+                    "path_prefix(qualification, 2)",
+                    "channel",
+                    "category",
+                    "day",
+                ],
+                None,
+            ),
+        ),
+        (
+            "cube_l2_month",
+            CubeConfig::new(
+                &[
+                    "path_prefix(declaration, 2)",
+                    "path_prefix(qualification, 2)",
+                    "channel",
+                    "category",
+                    "date_trunc('month', day)",
+                ],
+                None,
+            ),
         ),
         (
             "cube_minute",

@@ -21,11 +21,17 @@ pub struct TestWarehouse {
 
 impl TestWarehouse {
     pub async fn new() -> Self {
+        Self::with_cubes(tracecube_engine::config::default_cubes()).await
+    }
+
+    /// A warehouse with these cubes instead of the default ones.
+    pub async fn with_cubes(cubes: BTreeMap<String, tracecube_engine::config::CubeConfig>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
             warehouse: dir.path().join("warehouse").display().to_string(),
             listen: "127.0.0.1:0".into(),
             demo: false,
+            cubes,
             ..Default::default()
         };
         let warehouse = Warehouse::open(config).await.unwrap();

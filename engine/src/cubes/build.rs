@@ -99,15 +99,24 @@ fn quoted(column: &str) -> String {
 }
 
 /// `SELECT dims, measures FROM source [WHERE …] GROUP BY dims [ORDER BY time]`: from trace
-/// rows when `from_traces`, else re-aggregating partial cube rows.
+/// rows when `finer` is `None`, else re-aggregating rows of cube `finer` (partial rows of
+/// the same load, or the cube itself), whose dimensions `def` derives from.
 fn aggregate_sql(
     def: &CubeDef,
     slas: &std::collections::BTreeMap<String, i32>,
     source: &str,
-    from_traces: bool,
+    finer: Option<&CubeDef>,
     filter: Option<String>,
 ) -> String {
-    let dims: Vec<String> = def.dimensions.iter().map(|d| quoted(d)).collect();
+    let from_traces = finer.is_none();
+    let dims: Vec<String> = def
+        .dimensions
+        .iter()
+        .map(|d| match finer {
+            Some(f) if f.has_dimension(&d.name) => quoted(&d.name),
+            _ => format!("{} AS {}", d.sql(), quoted(&d.name)),
+        })
+        .collect();
     let sla = sla_case(slas);
     let measures: Vec<String> = MEASURES
         .iter()
@@ -127,7 +136,8 @@ fn aggregate_sql(
     if let Some(f) = filter {
         text.push_str(&format!(" WHERE {f}"));
     }
-    text.push_str(&format!(" GROUP BY {}", dims.join(", ")));
+    let positions: Vec<String> = (1..=dims.len()).map(|i| i.to_string()).collect();
+    text.push_str(&format!(" GROUP BY {}", positions.join(", ")));
     if let Some(time) = def.time_dimension() {
         text.push_str(&format!(" ORDER BY {}", quoted(time)));
     }
@@ -145,9 +155,12 @@ fn micros_sql(column: &str) -> String {
     }
 }
 
-/// A session for building cubes.
+/// A session for building cubes, with the functions of expression dimensions.
 fn build_session() -> SessionContext {
-    SessionContext::new_with_config(SessionConfig::new().with_batch_size(64 * 1024))
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_batch_size(64 * 1024));
+    let functions = tracecube_udfs::Functions::new(Default::default(), Default::default());
+    ctx.register_udf(functions.path_prefix.as_ref().clone());
+    ctx
 }
 
 async fn run(ctx: &SessionContext, cube: &str, sql: &str) -> Result<Vec<RecordBatch>, CubeError> {
@@ -358,21 +371,19 @@ pub async fn refresh_after_load(
             report.push(refreshed(def, "appended", rows, after, started));
             continue;
         }
-        // The finest cube already computed for this load that has every dimension.
+        // The smallest cube already computed for this load that it derives from.
         let parent = done
             .iter()
-            .filter(|(p, _)| {
-                p.retention.is_none() && def.dimensions.iter().all(|d| p.has_dimension(d))
-            })
+            .filter(|(p, _)| p.retention.is_none() && def.derives_from(p))
             .min_by_key(|(_, rows)| *rows)
-            .map(|(p, _)| p.name.clone());
-        let (source, from_traces) = match &parent {
-            Some(p) => (format!("partial_{p}"), false),
-            None => ("new_traces".to_string(), true),
+            .map(|(p, _)| *p);
+        let source = match parent {
+            Some(p) => format!("partial_{}", p.name),
+            None => "new_traces".to_string(),
         };
         let (filter, complete_from) =
             retained(&ctx, def, "new_traces", status.complete_from).await?;
-        let sql = aggregate_sql(def, &config.sla_seconds, &source, from_traces, filter);
+        let sql = aggregate_sql(def, &config.sla_seconds, &source, parent, filter);
         let batches = run(&ctx, &def.name, &sql).await?;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         if def.retention.is_none() && !batches.is_empty() {
@@ -465,9 +476,9 @@ async fn replace(
     complete_from: Option<i64>,
     version: i64,
 ) -> Result<u64, CubeError> {
-    let (name, provider, from_traces) = match source {
-        Source::Traces(p) => ("traces", p, true),
-        Source::Cube(p) => ("cube", p, false),
+    let (name, provider, finer) = match source {
+        Source::Traces(p) => ("traces", p, None),
+        Source::Cube(p) => ("cube", p, Some(def)),
     };
     let ctx = build_session();
     ctx.register_table(name, provider)
@@ -476,13 +487,7 @@ async fn replace(
             source: Box::new(e),
         })?;
     let (filter, complete_from) = retained(&ctx, def, name, complete_from).await?;
-    let sql = aggregate_sql(
-        def,
-        &warehouse.config().sla_seconds,
-        name,
-        from_traces,
-        filter,
-    );
+    let sql = aggregate_sql(def, &warehouse.config().sla_seconds, name, finer, filter);
     let batches = run(&ctx, &def.name, &sql).await?;
     write(
         warehouse,

@@ -11,6 +11,7 @@
 //!   [`time_filters`] (`ts` filters answered by `day` or `minute`).
 
 pub mod build;
+pub mod dimensions;
 pub mod measures;
 pub mod registry;
 pub mod rewrite;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::config::{ConfigError, CubeConfig, parse_duration};
-use crate::schema::traces_schema;
+pub use dimensions::{Derivation, Dimension};
 
 /// Delta application id whose transaction version is the `traces` version a cube reflects.
 pub const TRACES_VERSION_TXN: &str = "tracecube.traces";
@@ -111,11 +112,12 @@ pub struct Retention {
     pub seconds: i64,
 }
 
-/// A cube: its name, dimension columns (columns of `traces`) and optional retention.
+/// A cube: its name, dimensions (columns of `traces` or expressions of one, see
+/// [`dimensions`]) and optional retention.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CubeDef {
     pub name: String,
-    pub dimensions: Vec<String>,
+    pub dimensions: Vec<Dimension>,
     pub retention: Option<Retention>,
 }
 
@@ -141,24 +143,27 @@ impl CubeDef {
                 "a cube name is lower-case letters, digits and _".into(),
             ));
         }
-        let traces = traces_schema();
-        let mut dimensions = Vec::new();
-        for d in &config.dimensions {
-            if traces.field_with_name(d).is_err() {
+        let mut dimensions: Vec<Dimension> = Vec::new();
+        for text in &config.dimensions {
+            let d = Dimension::parse(text).ok_or_else(|| {
+                invalid(
+                    format!("{key}.dimensions"),
+                    text.clone(),
+                    "not a column of traces, path_prefix(<declaration|qualification|action>, <1-9>) \
+                     or date_trunc('month', day)"
+                        .into(),
+                )
+            })?;
+            if MEASURES.iter().any(|(m, ..)| *m == d.name)
+                || dimensions.iter().any(|e| e.name == d.name)
+            {
                 return Err(invalid(
                     format!("{key}.dimensions"),
-                    d.clone(),
-                    "not a column of traces".into(),
-                ));
-            }
-            if MEASURES.iter().any(|(m, ..)| m == d) || dimensions.contains(d) {
-                return Err(invalid(
-                    format!("{key}.dimensions"),
-                    d.clone(),
+                    text.clone(),
                     "a dimension is named once and is not a measure name".into(),
                 ));
             }
-            dimensions.push(d.clone());
+            dimensions.push(d);
         }
         if dimensions.is_empty() {
             return Err(invalid(
@@ -173,7 +178,11 @@ impl CubeDef {
                 let seconds = parse_duration(&format!("{key}.retention"), text)?;
                 let column = ["minute", "day"]
                     .into_iter()
-                    .find(|c| dimensions.iter().any(|d| d == c))
+                    .find(|c| {
+                        dimensions
+                            .iter()
+                            .any(|d| d.name == *c && d.derivation == Derivation::Column)
+                    })
                     .ok_or_else(|| {
                         invalid(
                             format!("{key}.retention"),
@@ -215,7 +224,7 @@ impl CubeDef {
     /// definitions. The fingerprint hashes a text spelled out here (FNV-1a), so it is the
     /// same for every build.
     pub fn dir(&self, slas: &BTreeMap<String, i32>) -> String {
-        let mut text = format!("dimensions={};", self.dimensions.join(","));
+        let mut text = format!("dimensions={};", self.definitions().join(","));
         if let Some(r) = &self.retention {
             text.push_str(&format!("retention={}:{};", r.column, r.seconds));
         }
@@ -238,31 +247,42 @@ impl CubeDef {
         format!("cubes/{}-{:08x}", self.name, hash as u32)
     }
 
-    /// Whether `column` is a dimension of the cube.
+    /// Whether `column` is a column (dimension) of the cube.
     pub fn has_dimension(&self, column: &str) -> bool {
-        self.dimensions.iter().any(|d| d == column)
+        self.dimensions.iter().any(|d| d.name == column)
+    }
+
+    /// The dimensions as configured, spelled one way.
+    pub fn definitions(&self) -> Vec<String> {
+        self.dimensions.iter().map(Dimension::definition).collect()
+    }
+
+    /// Whether every dimension of `self` can be computed from rows of `finer`: `finer` has
+    /// the same column, or the source column of an expression dimension.
+    pub fn derives_from(&self, finer: &CubeDef) -> bool {
+        self.dimensions.iter().all(|d| {
+            finer.has_dimension(&d.name)
+                || finer
+                    .dimensions
+                    .iter()
+                    .any(|f| f.derivation == Derivation::Column && f.name == d.source)
+        })
     }
 
     /// The time dimension rows are sorted on first, if any.
     pub fn time_dimension(&self) -> Option<&str> {
-        ["minute", "day"]
+        ["minute", "day", "month"]
             .into_iter()
             .find(|c| self.has_dimension(c))
     }
 
-    /// Schema of the cube table: the dimensions as typed in `traces`, then the measures.
+    /// Schema of the cube table: the dimensions (typed as their source column, a month as
+    /// a date), then the measures.
     pub fn schema(&self) -> SchemaRef {
-        let traces = traces_schema();
         let mut fields: Vec<Field> = self
             .dimensions
             .iter()
-            .map(|d| {
-                traces
-                    .field_with_name(d)
-                    .expect("dimensions are checked to be trace columns")
-                    .clone()
-                    .with_nullable(true)
-            })
+            .map(|d| Field::new(&d.name, d.data_type(), true))
             .collect();
         fields.extend(MEASURES.iter().map(|(name, kind, _)| {
             Field::new(*name, measure_type(name), *kind == MeasureKind::Sum)

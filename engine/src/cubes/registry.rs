@@ -412,7 +412,7 @@ impl CubesTable {
         };
         let columns: Vec<ArrayRef> = vec![
             text(&|c| Some(c.def.name.clone())),
-            text(&|c| Some(c.def.dimensions.join(", "))),
+            text(&|c| Some(c.def.definitions().join(", "))),
             text(&|c| {
                 c.def
                     .retention

@@ -355,13 +355,20 @@ impl CubeRewrite {
         aggregates: &[Expr],
     ) -> Option<Fitted> {
         let def = &cube.def;
-        let (has_minute, has_day) = (def.has_dimension("minute"), def.has_dimension("day"));
+        let plain = |c: &str| {
+            def.dimensions
+                .iter()
+                .any(|d| d.name == c && d.derivation == super::Derivation::Column)
+        };
+        // `ts` bounds on whole days also serve a month dimension (through `day` bounds).
+        let (has_minute, has_day) = (plain("minute"), plain("day") || def.has_dimension("month"));
         let fit_one = |e: &Expr| -> Option<Expr> {
-            let e = if def.has_dimension("ts") {
+            let e = if plain("ts") {
                 e.clone()
             } else {
                 self.days.rewrite(e.clone(), has_minute, has_day)
             };
+            let e = super::dimensions::answer(e, &def.dimensions);
             e.column_refs()
                 .iter()
                 .all(|c| {
