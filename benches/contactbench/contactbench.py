@@ -75,11 +75,11 @@ def questions(p):
         ("CSAT / NPS by life stage × relationship year, all year",
          "SELECT life_stage, tenure_year, csat(csat) AS csat, nps(nps) AS nps FROM traces GROUP BY 1, 2",
          f"SELECT life_stage, tenure_year, {D_CSAT} AS csat, {D_NPS} AS nps FROM traces GROUP BY 1, 2", None),
-        ("last 2 hours by minute × channel",
+        ("last 2 hours by minute × channel (`WHERE ts >= TIMESTAMP …`)",
          f"SELECT minute, channel, count(*) AS contacts, avg(wait_s) AS wait FROM traces "
-         f"WHERE minute >= TIMESTAMP '{p['h2']}' GROUP BY 1, 2",
+         f"WHERE ts >= TIMESTAMP '{p['h2']}' GROUP BY 1, 2",
          f"SELECT minute, channel, count(*) AS contacts, avg(wait_s) AS wait FROM traces "
-         f"WHERE minute >= TIMESTAMPTZ '{p['h2']}+00' GROUP BY 1, 2", None),
+         f"WHERE ts >= TIMESTAMPTZ '{p['h2']}+00' GROUP BY 1, 2", None),
         ("weekly trend by category, all year",
          "SELECT CAST(date_trunc('week', day) AS DATE) AS week, category, count(*) AS contacts, sum(cost) AS cost "
          "FROM traces GROUP BY 1, 2",
@@ -236,6 +236,26 @@ def main():
         duck.execute(f"CREATE VIEW traces AS SELECT * FROM read_parquet('{wh}/traces/*/*.parquet', "
                      f"hive_partitioning = true, hive_types = {{'day': DATE}})")
 
+        # DuckDB on its own native tables: what a DuckDB user would do with the files.
+        native = duckdb.connect(str(work / "duckdb-native.db"))
+        native.execute(f"SET threads = {os.cpu_count()}")
+        if not native.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'traces'").fetchone()[0]:
+            t = time.perf_counter()
+            native.execute(f"CREATE TABLE traces AS SELECT * FROM read_parquet('{wh}/traces/*/*.parquet', "
+                           f"hive_partitioning = true, hive_types = {{'day': DATE}})")
+            (work / "duckdb-native.json").write_text(json.dumps({"seconds": time.perf_counter() - t}))
+        figures["native_load"] = json.loads((work / "duckdb-native.json").read_text())
+
+        # The fixed cost of a query over the wire: a constant, and a one-row cube answer.
+        cur.execute("SET tracecube.use_cubes = on")
+        fixed = {}
+        for label, sql in [("SELECT 1", "SELECT 1"),
+                           ("one-row cube query", f"SELECT count(*) FROM traces WHERE channel = 'phone' "
+                                                  f"AND day = DATE '{last_day[:10]}'")]:
+            fixed[label] = timed(lambda: cur.execute(sql).fetchall(), 50)[:2]
+        cur.execute("SELECT coalesce(cubes, '-') FROM tracecube.queries ORDER BY query_id DESC LIMIT 1")
+        figures["fixed"] = (fixed, cur.fetchone()[0])
+
         def tracecube(sql, cubes):
             def run():
                 cur.execute("SET tracecube.use_cubes = " + ("on" if cubes else "off"))
@@ -253,10 +273,11 @@ def main():
             cube = cur.fetchone()[0]
             off = timed(tracecube(tc_sql, False), n)
             dk = timed(lambda: duck.execute(duck_sql).fetchall(), n)
-            agree = same(on[2], off[2]) and same(off[2], dk[2])
-            results.append((name, cube, on, off, dk, agree, n))
+            dn = timed(lambda: native.execute(duck_sql).fetchall(), n)
+            agree = same(on[2], off[2]) and same(off[2], dk[2]) and same(dk[2], dn[2])
+            results.append((name, cube, on, off, dk, dn, agree, n))
             print(f"{name}: cubes {on[0]:.1f} ms ({cube}), off {off[0]:.1f} ms, duckdb {dk[0]:.1f} ms, "
-                  f"same answers: {agree}", flush=True)
+                  f"duckdb native {dn[0]:.1f} ms, same answers: {agree}", flush=True)
         figures["rss_end_mib"] = rss_mib(server.pid)
         figures["rss_peak_mib"] = rss_mib(server.pid, "VmHWM")
     finally:
@@ -264,13 +285,19 @@ def main():
         server.wait(timeout=60)
 
     lines = [f"### contactbench: {args.rows:,} traces, {os.cpu_count()} cores, median / p95 of warm runs (ms)", "",
-             "| question | cube | cubes on | cubes off | DuckDB | DuckDB ÷ on | off ÷ DuckDB | same answers |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, cube, on, off, dk, agree, n in results:
+             "| question | cube | cubes on | cubes off | DuckDB (Parquet) | DuckDB (native table) "
+             "| DuckDB ÷ on | native ÷ on | off ÷ DuckDB | same answers |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, cube, on, off, dk, dn, agree, n in results:
         runs = "" if n == args.runs else f" ({n} runs)"
         lines.append(f"| {name}{runs} | {cube} | {on[0]:.1f} / {on[1]:.1f} | {off[0]:.1f} / {off[1]:.1f} | "
-                     f"{dk[0]:.1f} / {dk[1]:.1f} | {dk[0] / on[0]:.1f}× | {off[0] / dk[0]:.2f}× | "
-                     f"{'yes' if agree else '**no**'} |")
+                     f"{dk[0]:.1f} / {dk[1]:.1f} | {dn[0]:.1f} / {dn[1]:.1f} | {dk[0] / on[0]:.1f}× | "
+                     f"{dn[0] / on[0]:.1f}× | {off[0] / dk[0]:.2f}× | {'yes' if agree else '**no**'} |")
+    fixed, fixed_cube = figures["fixed"]
+    lines += ["", "Fixed cost per query over the wire (psycopg, median / p95 of 50, ms): " +
+              ", ".join(f"{label} {m:.2f} / {p:.2f}" for label, (m, p) in fixed.items()) +
+              f" (the one-row query answered by {fixed_cube})."]
+    lines += [f"DuckDB native table built from the same Parquet in {figures['native_load']['seconds']:.1f} s."]
     load = figures["load"]
     lines += ["",
               f"Load (`tracecube load`, including the cube refresh): {load['seconds']:.1f} s, "

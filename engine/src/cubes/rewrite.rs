@@ -58,7 +58,7 @@ impl QueryScope {
         })
     }
 
-    fn note(list: &Mutex<Vec<String>>, item: String) {
+    pub fn note(list: &Mutex<Vec<String>>, item: String) {
         let mut list = list.lock().expect("query scope lock");
         if !list.contains(&item) {
             list.push(item);

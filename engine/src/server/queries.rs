@@ -257,13 +257,24 @@ impl SimpleQueryHandler for QueryHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let (scope, pending) = self.begin(client, query).await;
+        let (mut scope, pending) = self.begin(client, query).await;
         let mut result = QUERY
             .scope(
                 Arc::clone(&scope),
                 SimpleQueryHandler::do_query(self.inner.as_ref(), client, query),
             )
             .await;
+        if let Err(e) = &result
+            && let Some(raw) = raw_retry(&scope, query, e)
+        {
+            scope = raw;
+            result = QUERY
+                .scope(
+                    Arc::clone(&scope),
+                    SimpleQueryHandler::do_query(self.inner.as_ref(), client, query),
+                )
+                .await;
+        }
         Self::finish(&scope, pending, &mut result);
         result
     }
@@ -290,17 +301,61 @@ impl ExtendedQueryHandler for QueryHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let (scope, pending) = self.begin(client, &portal.statement.statement.0).await;
-        let result = QUERY
+        let query = &portal.statement.statement.0;
+        let (mut scope, pending) = self.begin(client, query).await;
+        let mut result = QUERY
             .scope(
                 Arc::clone(&scope),
                 ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows),
             )
             .await;
+        if let Err(e) = &result
+            && let Some(raw) = raw_retry(&scope, query, e)
+        {
+            scope = raw;
+            result = QUERY
+                .scope(
+                    Arc::clone(&scope),
+                    ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows),
+                )
+                .await;
+        }
         let mut results = result.map(|r| vec![r]);
         Self::finish(&scope, pending, &mut results);
         results.map(|mut r| r.remove(0))
     }
+}
+
+/// The scope of a second, raw run of a query that failed after the rewrite used a cube:
+/// the rewrite must never turn a working query into a failing one. Only a single
+/// read-only statement (a query or its `EXPLAIN`) is run again; nothing of it ran.
+fn raw_retry(scope: &QueryScope, query: &str, error: &PgWireError) -> Option<Arc<QueryScope>> {
+    if scope
+        .cubes_used
+        .lock()
+        .expect("query scope lock")
+        .is_empty()
+    {
+        return None;
+    }
+    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    let statements = datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, query).ok()?;
+    let [statement] = statements.as_slice() else {
+        return None;
+    };
+    let read_only = match statement {
+        Statement::Query(_) => true,
+        Statement::Explain { statement, .. } => matches!(statement.as_ref(), Statement::Query(_)),
+        _ => false,
+    };
+    if !read_only {
+        return None;
+    }
+    let reason = format!("the cube plan failed ({error}): answered from traces");
+    tracing::warn!("{reason}: {query}");
+    let raw = QueryScope::new(false);
+    QueryScope::note(&raw.misses, reason);
+    Some(raw)
 }
 
 /// `SET tracecube.use_cubes = on|off`, `RESET tracecube.use_cubes` and
@@ -427,5 +482,36 @@ impl QueryHook for UseCubesHook {
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
         Self::respond(statement, client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_one_read_only_statement_that_used_a_cube_runs_again_raw() {
+        let error = PgWireError::ApiError("boom".into());
+        let used = QueryScope::new(true);
+        QueryScope::note(&used.cubes_used, "cube_axes".into());
+        let retried = |scope: &QueryScope, sql: &str| raw_retry(scope, sql, &error).is_some();
+        assert!(retried(
+            &used,
+            "SELECT channel, count(*) FROM traces GROUP BY 1"
+        ));
+        assert!(retried(&used, "EXPLAIN SELECT count(*) FROM traces"));
+        let raw = raw_retry(&used, "SELECT count(*) FROM traces", &error).unwrap();
+        assert!(!raw.use_cubes);
+        assert!(raw.misses.lock().unwrap()[0].contains("boom"));
+        for sql in [
+            "INSERT INTO impact_weights SELECT 'channel', channel, count(*) FROM traces GROUP BY 1",
+            "SELECT 1; SELECT count(*) FROM traces",
+            "CREATE VIEW v AS SELECT count(*) FROM traces",
+            "not sql at all",
+        ] {
+            assert!(!retried(&used, sql), "{sql}");
+        }
+        let unused = QueryScope::new(true);
+        assert!(!retried(&unused, "SELECT count(*) FROM traces"));
     }
 }
