@@ -56,7 +56,8 @@ pub struct Config {
     pub cube_memory_mb: u64,
 }
 
-/// One cube: its dimension columns (columns of `traces`) and how far back it keeps rows.
+/// One cube: its dimensions (columns of `traces`, `path_prefix(<path column>, <level>)` or
+/// `date_trunc('month', day)`) and how far back it keeps rows.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CubeConfig {
@@ -443,6 +444,23 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:6000");
         assert_eq!(c.hourly_cost_of("phone"), 50.0);
         assert_eq!(c.hourly_cost_of("chat"), 30.0);
+    }
+
+    #[test]
+    fn cube_env_value_keeps_commas_inside_expressions() {
+        let c = CubeConfig::parse(
+            "path_prefix(declaration, 2), channel, date_trunc('month', day); retention 30 days",
+        )
+        .unwrap();
+        assert_eq!(
+            c.dimensions,
+            [
+                "path_prefix(declaration, 2)",
+                "channel",
+                "date_trunc('month', day)"
+            ]
+        );
+        assert_eq!(c.retention.as_deref(), Some("30 days"));
     }
 
     #[test]
