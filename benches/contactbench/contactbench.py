@@ -174,6 +174,7 @@ def main():
     ap.add_argument("--binary", required=True)
     ap.add_argument("--out", default=None, help="Markdown report (default <work>/report.md)")
     ap.add_argument("--only", default=None, help="run only questions whose name contains this")
+    ap.add_argument("--skip", default=None, help="skip questions whose name contains this")
     args = ap.parse_args()
     root = Path(__file__).resolve().parents[2]
     work = Path(args.work or root / "target" / f"contactbench-{args.rows}")
@@ -266,6 +267,8 @@ def main():
         results = []
         for name, tc_sql, duck_sql, runs in questions(period):
             if args.only and args.only not in name:
+                continue
+            if args.skip and args.skip in name:
                 continue
             n = runs or args.runs
             on = timed(tracecube(tc_sql, True), n)

@@ -21,19 +21,19 @@ pub struct TestWarehouse {
 
 impl TestWarehouse {
     pub async fn new() -> Self {
-        Self::with_cubes(tracecube_engine::config::default_cubes()).await
+        Self::with(|_| {}).await
     }
 
-    /// A warehouse with these cubes instead of the default ones.
-    pub async fn with_cubes(cubes: BTreeMap<String, tracecube_engine::config::CubeConfig>) -> Self {
+    /// A warehouse whose configuration `change` adjusts (cubes, memory…).
+    pub async fn with(change: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config {
+        let mut config = Config {
             warehouse: dir.path().join("warehouse").display().to_string(),
             listen: "127.0.0.1:0".into(),
             demo: false,
-            cubes,
             ..Default::default()
         };
+        change(&mut config);
         let warehouse = Warehouse::open(config).await.unwrap();
         TestWarehouse { dir, warehouse }
     }

@@ -9,9 +9,11 @@
 //! | `path_prefix(s, k)` | `s_lk` | `path_prefix(s, n ≤ k)`, `path_segment(s, n ≤ k)`, `split_part(s, '/', 1 ≤ n ≤ k)`, `path_child(s, node)` and `s LIKE 'node/%'` for nodes above level `k`, `path_is_under(s, node)` for nodes at level ≤ `k`, `s = v`, `s <> v`, `s IN (…)` for values above level `k`, `s IS [NOT] NULL` |
 //! | `date_trunc('month', day)` | `month` (a date, first of the month) | `date_trunc('month' / 'quarter' / 'year', day)`, `extract(year / quarter / month FROM day)`, and bounds `day >= D`, `day < D` (`>`, `<=`) that fall on the first of a month |
 //!
-//! Each rule holds for every value: the ancestor at level `k` keeps the first `k` segments,
-//! which decide all of those; a month's first day has the same month, quarter and year as
-//! every day of the month.
+//! Each rule holds for every stored value: the ancestor at level `k` keeps the first `k`
+//! segments, which decide all of those; a month's first day has the same month, quarter
+//! and year as every day of the month. The path rules rely on paths being canonical
+//! (non-empty segments, no leading, trailing or doubled `/`), which every load enforces
+//! (`load::validate::canonical_path`).
 
 use chrono::{Datelike, NaiveDate};
 use datafusion::arrow::datatypes::DataType;
@@ -254,37 +256,42 @@ fn path_answers(e: &Expr, source: &str, k: i64) -> bool {
                 };
                 value.is_some_and(|v| level(v) < k)
             }
-            // `path_is_under` as simplified: `s = node OR s LIKE 'node/%'`.
-            Operator::Or => {
-                fn node_of<'a>(e: &'a Expr, is_source: &dyn Fn(&Expr) -> bool) -> Option<&'a str> {
+            // `path_is_under` as simplified: `s = node OR s LIKE 'node/%'`, and its negation
+            // `s <> node AND s NOT LIKE 'node/%'`.
+            Operator::Or | Operator::And => {
+                let (equal, negated) = if *op == Operator::Or {
+                    (Operator::Eq, false)
+                } else {
+                    (Operator::NotEq, true)
+                };
+                let node_of = |e: &'_ Expr| -> Option<String> {
                     match e {
-                        Expr::BinaryExpr(BinaryExpr {
-                            left,
-                            op: Operator::Eq,
-                            right,
-                        }) if is_source(left) => text_literal(right),
+                        Expr::BinaryExpr(BinaryExpr { left, op, right })
+                            if *op == equal && is_source(left) =>
+                        {
+                            text_literal(right).map(str::to_string)
+                        }
                         _ => None,
                     }
-                }
-                fn pattern_of<'a>(
-                    e: &'a Expr,
-                    is_source: &dyn Fn(&Expr) -> bool,
-                ) -> Option<&'a str> {
+                };
+                let pattern_of = |e: &'_ Expr| -> Option<String> {
                     match e {
                         Expr::Like(Like {
-                            negated: false,
+                            negated: n,
                             expr,
                             pattern,
                             escape_char: None,
                             case_insensitive: false,
-                        }) if is_source(expr) => text_literal(pattern).and_then(strictly_under),
+                        }) if *n == negated && is_source(expr) => text_literal(pattern)
+                            .and_then(strictly_under)
+                            .map(str::to_string),
                         _ => None,
                     }
-                }
+                };
                 let under = |a: &Expr, b: &Expr| {
                     matches!(
-                        (node_of(a, &is_source), pattern_of(b, &is_source)),
-                        (Some(n), Some(p)) if n == p && level(n) <= k
+                        (node_of(a), pattern_of(b)),
+                        (Some(n), Some(p)) if n == p && level(&n) <= k
                     )
                 };
                 under(left, right) || under(right, left)
@@ -452,6 +459,9 @@ mod tests {
                 .or(col("declaration").like(lit("Delivery/Tracking/%"))),
             col("declaration").is_null(),
             col("channel").eq(lit("phone")),
+            col("declaration")
+                .not_eq(lit("Delivery/Tracking"))
+                .and(col("declaration").not_like(lit("Delivery/Tracking/%"))),
         ];
         for e in yes {
             let answered = answer(e.clone(), &d);

@@ -207,7 +207,7 @@ impl CubeRegistry {
             def: def.clone(),
             dir: dir.to_string(),
             status,
-            provider: Some(provider),
+            provider: Some(Arc::new(PruningOnly(provider))),
             memory_bytes: None,
             arrow_bytes: None,
         })
@@ -388,6 +388,40 @@ impl TableProvider for TracesTable {
             .as_ref()
             .ok_or_else(|| DataFusionError::Execution("traces could not be read".into()))?;
         traces.scan(state, projection, filters, limit).await
+    }
+}
+
+/// A cube's Delta table whose scan uses filters only to prune files: DataFusion applies
+/// every filter to the rows itself. (The Delta scan takes some filters as exact and then
+/// drops those it cannot turn into a predicate, such as a constant `NULL` condition.)
+#[derive(Debug)]
+struct PruningOnly(Arc<dyn TableProvider>);
+
+#[async_trait]
+impl TableProvider for PruningOnly {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.0.scan(state, projection, filters, limit).await
     }
 }
 

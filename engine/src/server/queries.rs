@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{ParamValues, ToDFSchema};
 use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::{Set, Statement};
+use datafusion::sql::sqlparser::ast::{Set, SetExpr, Statement};
 use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::pgwire::api::portal::Portal;
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -343,15 +343,19 @@ fn raw_retry(scope: &QueryScope, query: &str, error: &PgWireError) -> Option<Arc
     let [statement] = statements.as_slice() else {
         return None;
     };
-    let read_only = match statement {
-        Statement::Query(_) => true,
-        Statement::Explain { statement, .. } => matches!(statement.as_ref(), Statement::Query(_)),
+    // `SELECT … INTO t` creates a table: not read-only.
+    let plain_query = |s: &Statement| match s {
+        Statement::Query(q) => !matches!(q.body.as_ref(), SetExpr::Select(s) if s.into.is_some()),
         _ => false,
+    };
+    let read_only = match statement {
+        Statement::Explain { statement, .. } => plain_query(statement),
+        s => plain_query(s),
     };
     if !read_only {
         return None;
     }
-    let reason = format!("the cube plan failed ({error}): answered from traces");
+    let reason = format!("the cube plan failed ({error}); run again from traces");
     tracing::warn!("{reason}: {query}");
     let raw = QueryScope::new(false);
     QueryScope::note(&raw.misses, reason);
@@ -508,6 +512,7 @@ mod tests {
             "SELECT 1; SELECT count(*) FROM traces",
             "CREATE VIEW v AS SELECT count(*) FROM traces",
             "not sql at all",
+            "SELECT channel, count(*) INTO copy FROM traces GROUP BY 1",
         ] {
             assert!(!retried(&used, sql), "{sql}");
         }
