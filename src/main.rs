@@ -9,6 +9,12 @@ use tracecube_engine::Config;
 use tracecube_engine::load::source::Format;
 use tracecube_engine::load::{LoadOptions, OnError};
 
+/// mimalloc instead of the system allocator: a query allocates and frees many short-lived
+/// buffers, and glibc's coalescing of large free blocks was a third of the fixed cost of
+/// a small query (see benches/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tracecube",
