@@ -504,8 +504,8 @@ async fn cube_answers_follow_the_traces_version_a_raw_query_saw() {
 }
 
 /// Cubes of expression dimensions only (level-2 paths by day and by month), read from
-/// Parquet: every question they can answer is answered by one of them, and exactly as
-/// from `traces`.
+/// Parquet and then held in memory as dictionaries: every question they can answer is
+/// answered by one of them, and exactly as from `traces`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expression_dimensions_answer_coarser_questions_exactly() {
     let defaults = default_cubes();
@@ -513,17 +513,21 @@ async fn expression_dimensions_answer_coarser_questions_exactly() {
         .into_iter()
         .map(|n| (n.to_string(), defaults[n].clone()))
         .collect();
-    // Cubes read from their Parquet files, not held in memory.
-    let wh = TestWarehouse::with(|c| {
-        c.cubes = cubes;
-        c.cube_memory_mb = 0;
-    })
-    .await;
+    let wh = TestWarehouse::with(|c| c.cubes = cubes).await;
     for seed in [31, 32] {
         let source = wh.generate(&format!("src{seed}"), 4_000, seed);
         wh.load(&[&source], LoadOptions::default()).await.unwrap();
     }
-    let server = TestServer::start(wh.config()).await;
+    for memory_mb in [0, 64] {
+        let mut config = wh.config();
+        config.cube_memory_mb = memory_mb;
+        let server = TestServer::start(config).await;
+        expression_dimension_checks(&server, memory_mb).await;
+        server.stop().await;
+    }
+}
+
+async fn expression_dimension_checks(server: &TestServer, memory_mb: u64) {
     let client = server.connect().await;
     let served = [
         (
@@ -608,6 +612,6 @@ async fn expression_dimensions_answer_coarser_questions_exactly() {
     let mut rng = Rng(77);
     let used = differential(&client, &mut rng, 60, &recent, Expect::Any).await;
     assert!(used > 5, "only {used} of 60 queries used a cube");
-    drop(client);
-    server.stop().await;
+    let held = rows(&client, "SELECT count(memory_bytes) FROM tracecube.cubes").await;
+    assert_eq!(held[0][0], if memory_mb == 0 { "0" } else { "2" });
 }

@@ -407,6 +407,16 @@ async fn bi_tool_query_shapes_give_raw_answers_and_use_cubes() {
     }
     prepared_shapes(&client, &mut check).await;
     assert!(check.served > 0);
+    // The cubes above were held in memory as dictionaries: grouped on their keys.
+    check.set(&client, true).await;
+    let plan = rows(
+        &client,
+        "EXPLAIN SELECT t.channel, count(*) FROM traces t GROUP BY 1",
+    )
+    .await
+    .concat()
+    .join("\n");
+    assert!(plan.contains("cube_key("), "{plan}");
     drop(client);
     server.stop().await;
 }

@@ -11,6 +11,7 @@
 //!   [`time_filters`] (`ts` filters answered by `day` or `minute`).
 
 pub mod build;
+pub mod dictionary;
 pub mod dimensions;
 pub mod measures;
 pub mod registry;

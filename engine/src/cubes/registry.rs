@@ -28,6 +28,7 @@ use tokio::sync::Mutex;
 
 use super::CubeDef;
 use super::build::{CubeStatus, status};
+use super::dictionary::{CubeDictionaries, encode};
 use crate::schema::timestamp_type;
 use crate::system::SystemRows;
 use crate::warehouse::{Table, Warehouse, WarehouseError};
@@ -49,6 +50,8 @@ pub struct ServedCube {
     /// Bytes of Arrow memory the cube took when it was last read whole, held or not: a
     /// cube found too large is not read again until its version changes.
     pub arrow_bytes: Option<u64>,
+    /// The shared values of the dictionary-encoded columns of a cube held in memory.
+    pub dictionaries: Arc<CubeDictionaries>,
 }
 
 /// The `traces` version to scan, a provider reading exactly that version, and the cubes
@@ -152,6 +155,7 @@ impl CubeRegistry {
                 provider: None,
                 memory_bytes: None,
                 arrow_bytes: None,
+                dictionaries: Arc::default(),
             };
             let slot = &mut handles.cubes[i];
             if slot.is_none() {
@@ -210,6 +214,7 @@ impl CubeRegistry {
             provider: Some(Arc::new(PruningOnly(provider))),
             memory_bytes: None,
             arrow_bytes: None,
+            dictionaries: Arc::default(),
         })
     }
 
@@ -241,6 +246,7 @@ impl CubeRegistry {
                     used += bytes;
                     cube.provider = held.provider.clone();
                     cube.memory_bytes = held.memory_bytes;
+                    cube.dictionaries = Arc::clone(&held.dictionaries);
                 }
                 cube.arrow_bytes = held.arrow_bytes;
                 continue;
@@ -253,12 +259,13 @@ impl CubeRegistry {
                 continue;
             }
             match in_memory(provider).await {
-                Ok((table, bytes)) => {
+                Ok((table, bytes, dictionaries)) => {
                     cube.arrow_bytes = Some(bytes);
                     if used + bytes <= budget {
                         used += bytes;
                         cube.provider = Some(table);
                         cube.memory_bytes = Some(bytes);
+                        cube.dictionaries = Arc::new(dictionaries);
                     }
                 }
                 Err(e) => tracing::warn!("cube {} stays on storage: {e}", cube.def.name),
@@ -267,21 +274,24 @@ impl CubeRegistry {
     }
 }
 
-/// Read a whole table into memory, split in as many partitions as cores.
-async fn in_memory(provider: Arc<dyn TableProvider>) -> Result<(Arc<dyn TableProvider>, u64)> {
+/// Read a whole table into memory, its low-cardinality text columns as dictionaries
+/// ([`super::dictionary`]), split in as many partitions as cores; its Arrow size.
+async fn in_memory(
+    provider: Arc<dyn TableProvider>,
+) -> Result<(Arc<dyn TableProvider>, u64, CubeDictionaries)> {
     let ctx = datafusion::prelude::SessionContext::new();
-    let schema = provider.schema();
-    let batches = ctx.read_table(provider)?.collect().await?;
-    let bytes = batches
-        .iter()
-        .map(|b| b.get_array_memory_size() as u64)
-        .sum();
+    let batches = ctx.read_table(Arc::clone(&provider))?.collect().await?;
+    let (schema, batches, bytes, dictionaries) = encode(&provider.schema(), batches)?;
     let parts = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut partitions = vec![Vec::new(); parts];
     for (i, b) in batches.into_iter().enumerate() {
         partitions[i % parts].push(b);
     }
-    Ok((Arc::new(MemTable::try_new(schema, partitions)?), bytes))
+    Ok((
+        Arc::new(MemTable::try_new(schema, partitions)?),
+        bytes,
+        dictionaries,
+    ))
 }
 
 /// Bring `table` to its latest version; returns it.

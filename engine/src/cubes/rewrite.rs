@@ -24,13 +24,14 @@ use std::sync::{Arc, Mutex};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, DataFusionError, Result};
 use datafusion::datasource::{provider_as_source, source_as_provider};
-use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+use datafusion::logical_expr::utils::{conjunction, grouping_set_to_exprlist, split_conjunction};
 use datafusion::logical_expr::{
-    Aggregate, Between, BinaryExpr, Expr, LogicalPlan, LogicalPlanBuilder, Operator, Projection,
-    TableScan, cast,
+    Aggregate, Between, BinaryExpr, Expr, ExprSchemable, GroupingSet, LogicalPlan,
+    LogicalPlanBuilder, Operator, Projection, TableScan, cast,
 };
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
+use super::dictionary::packed_columns;
 use super::measures::{Measures, column, strip_alias, strip_lossless_casts};
 use super::registry::{CubeRegistry, CubeSnapshot, ServedCube, TracesTable};
 use super::time_filters::LocalDays;
@@ -403,6 +404,16 @@ struct Fitted {
     aggregates: Vec<Expr>,
 }
 
+/// Where a group key of the query is read in the cube aggregate's output.
+enum GroupSlot {
+    /// The aggregate's `j`-th field.
+    Field(usize),
+    /// The text of a `cube_key` of one column, the `j`-th field.
+    Single(usize),
+    /// The text of the `i`-th column packed in the first field.
+    Packed(usize),
+}
+
 /// `Projection → Aggregate → Filter → TableScan(cube)` with the outputs of `agg`.
 fn build(
     agg: &Aggregate,
@@ -414,39 +425,154 @@ fn build(
         .provider
         .clone()
         .ok_or_else(|| Miss::Reason(format!("{} cannot be read", cube.def.name)))?;
+    let name = cube.def.name.as_str();
+    let dictionaries = &cube.dictionaries;
     // Columns qualified by the cube's scan, as the SQL planner writes them: later rules
-    // match expressions to fields by qualified name.
+    // match expressions to fields by qualified name. A dictionary column of a cube held in
+    // memory is read as its values' type, the type the query was planned with.
     let qualify = |e: Expr| -> Result<Expr> {
         e.transform_up(|e| match e {
-            Expr::Column(c) if c.relation.is_none() => Ok(Transformed::yes(Expr::Column(
-                Column::new(Some(cube.def.name.as_str()), c.name),
-            ))),
+            Expr::Column(c) if c.relation.is_none() => {
+                let values = dictionaries.values(&c.name).map(|v| v.data_type().clone());
+                let e = Expr::Column(Column::new(Some(name), c.name));
+                Ok(Transformed::yes(match values {
+                    Some(t) => cast(e, t),
+                    None => e,
+                }))
+            }
             e => Ok(Transformed::no(e)),
         })
         .map(|t| t.data)
     };
     let all = |exprs: Vec<Expr>| exprs.into_iter().map(qualify).collect::<Result<Vec<_>>>();
-    let mut input =
-        LogicalPlanBuilder::scan(cube.def.name.as_str(), provider_as_source(provider), None)?;
+    // Dictionary columns grouped on as they are: grouped on their packed keys
+    // (`cube_key`); `outputs` says where each of the query's group keys is read.
+    let is_dictionary = |e: &Expr| matches!(e, Expr::Column(c) if c.relation.is_none() && dictionaries.values(&c.name).is_some());
+    let single_key = |e: Expr| -> Result<Expr> {
+        match &e {
+            Expr::Column(c) if is_dictionary(&e) => Ok(dictionaries
+                .key(name, std::slice::from_ref(&c.name))
+                .unwrap_or(e)),
+            _ => qualify(e),
+        }
+    };
+    let single_keys = |v: Vec<Expr>| v.into_iter().map(single_key).collect::<Result<Vec<_>>>();
+    let (groups, packed) = match fitted.groups.as_slice() {
+        [Expr::GroupingSet(_)] => {
+            let groups = fitted
+                .groups
+                .into_iter()
+                .map(|g| {
+                    Ok(match g {
+                        Expr::GroupingSet(GroupingSet::Rollup(v)) => {
+                            Expr::GroupingSet(GroupingSet::Rollup(single_keys(v)?))
+                        }
+                        Expr::GroupingSet(GroupingSet::Cube(v)) => {
+                            Expr::GroupingSet(GroupingSet::Cube(single_keys(v)?))
+                        }
+                        Expr::GroupingSet(GroupingSet::GroupingSets(sets)) => {
+                            Expr::GroupingSet(GroupingSet::GroupingSets(
+                                sets.into_iter().map(single_keys).collect::<Result<_>>()?,
+                            ))
+                        }
+                        g => single_key(g)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            (groups, None)
+        }
+        _ => {
+            // One packed key first, then the other group keys in their order.
+            let columns: Vec<String> = fitted
+                .groups
+                .iter()
+                .filter(|g| is_dictionary(g))
+                .filter_map(|g| g.try_as_col().map(|c| c.name.clone()))
+                .collect();
+            match dictionaries
+                .key(name, &columns)
+                .filter(|_| !columns.is_empty())
+            {
+                Some(key) => {
+                    let mut groups = vec![key];
+                    let mut slots = Vec::with_capacity(fitted.groups.len());
+                    let mut packed_i = 0;
+                    for g in fitted.groups {
+                        if is_dictionary(&g) {
+                            slots.push(GroupSlot::Packed(packed_i));
+                            packed_i += 1;
+                        } else {
+                            slots.push(GroupSlot::Field(groups.len()));
+                            groups.push(qualify(g)?);
+                        }
+                    }
+                    (groups, Some(slots))
+                }
+                None => (all(fitted.groups)?, None),
+            }
+        }
+    };
+    // `impact` reads dictionary columns as they are: one weight lookup per distinct value.
+    let aggregates = fitted
+        .aggregates
+        .into_iter()
+        .map(|a| {
+            a.transform_down(|e| match e {
+                Expr::AggregateFunction(mut af)
+                    if af.func.name() == "impact" && af.params.args.len() == 6 =>
+                {
+                    for arg in af.params.args.iter_mut().take(5) {
+                        if let Expr::Column(c) = arg
+                            && c.relation.is_none()
+                        {
+                            c.relation = Some(name.into());
+                        }
+                    }
+                    Ok(Transformed::yes(Expr::AggregateFunction(af)))
+                }
+                e => Ok(Transformed::no(e)),
+            })
+            .map(|t| t.data)
+            .and_then(qualify)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut input = LogicalPlanBuilder::scan(name, provider_as_source(provider), None)?;
     if let Some(p) = conjunction(all(fitted.predicates)?) {
         input = input.filter(p)?;
     }
     let input = input.build()?;
-    let new_agg = Aggregate::try_new(
-        Arc::new(input),
-        all(fitted.groups)?,
-        all(fitted.aggregates)?,
-    )?;
+    let new_agg = Aggregate::try_new(Arc::new(input), groups, aggregates)?;
     let groups = agg.group_expr_len()?;
-    if new_agg.group_expr_len()? != groups {
-        return Err(Miss::Reason("the grouping changed shape".into()));
-    }
+    let new_keys = grouping_set_to_exprlist(&new_agg.group_expr)?;
+    // Where each of the query's group keys is read in the new aggregate's output.
+    let slots = match packed {
+        Some(slots) => slots,
+        None if new_agg.group_expr_len()? == groups => (0..groups)
+            .map(|i| match new_keys.get(i).and_then(|k| packed_columns(k)) {
+                Some(_) => GroupSlot::Single(i),
+                None => GroupSlot::Field(i),
+            })
+            .collect(),
+        None => return Err(Miss::Reason("the grouping changed shape".into())),
+    };
     let mut outputs = Vec::with_capacity(agg.schema.fields().len());
-    for i in 0..groups {
-        let (q, f) = new_agg.schema.qualified_field(i);
+    for (i, slot) in slots.into_iter().enumerate() {
         let (oq, of) = agg.schema.qualified_field(i);
-        let mut e = Expr::Column(Column::new(q.cloned(), f.name()));
-        if f.data_type() != of.data_type() {
+        let field = |j: usize| {
+            let (q, f) = new_agg.schema.qualified_field(j);
+            Expr::Column(Column::new(q.cloned(), f.name()))
+        };
+        let decoded = |key: usize, column: usize| {
+            dictionaries
+                .value(new_keys[key], column, field(key))
+                .ok_or_else(|| Miss::Reason("a packed key lost its dictionary".into()))
+        };
+        let mut e = match slot {
+            GroupSlot::Field(j) => field(j),
+            GroupSlot::Single(j) => decoded(j, 0)?,
+            GroupSlot::Packed(column) => decoded(0, column)?,
+        };
+        if e.get_type(&new_agg.schema)? != *of.data_type() {
             e = cast(e, of.data_type().clone());
         }
         outputs.push(e.alias_qualified(oq.cloned(), of.name()));
