@@ -14,6 +14,7 @@ pub mod build;
 pub mod dictionary;
 pub mod dimensions;
 pub mod measures;
+pub mod memory;
 pub mod registry;
 pub mod rewrite;
 pub mod time_filters;

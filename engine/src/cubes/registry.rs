@@ -19,7 +19,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Result;
-use datafusion::datasource::{MemTable, TableType};
+use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
@@ -28,7 +28,8 @@ use tokio::sync::Mutex;
 
 use super::CubeDef;
 use super::build::{CubeStatus, status};
-use super::dictionary::{CubeDictionaries, encode};
+use super::dictionary::CubeDictionaries;
+use super::memory::MemoryCube;
 use crate::schema::timestamp_type;
 use crate::system::SystemRows;
 use crate::warehouse::{Table, Warehouse, WarehouseError};
@@ -274,24 +275,16 @@ impl CubeRegistry {
     }
 }
 
-/// Read a whole table into memory, its low-cardinality text columns as dictionaries
-/// ([`super::dictionary`]), split in as many partitions as cores; its Arrow size.
+/// Read a whole table into memory ([`MemoryCube`]: sorted by time, text columns as
+/// dictionaries, split in as many partitions as cores); its Arrow size.
 async fn in_memory(
     provider: Arc<dyn TableProvider>,
 ) -> Result<(Arc<dyn TableProvider>, u64, CubeDictionaries)> {
     let ctx = datafusion::prelude::SessionContext::new();
     let batches = ctx.read_table(Arc::clone(&provider))?.collect().await?;
-    let (schema, batches, bytes, dictionaries) = encode(&provider.schema(), batches)?;
     let parts = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut partitions = vec![Vec::new(); parts];
-    for (i, b) in batches.into_iter().enumerate() {
-        partitions[i % parts].push(b);
-    }
-    Ok((
-        Arc::new(MemTable::try_new(schema, partitions)?),
-        bytes,
-        dictionaries,
-    ))
+    let (cube, bytes, dictionaries) = MemoryCube::try_new(&provider.schema(), batches, parts)?;
+    Ok((Arc::new(cube), bytes, dictionaries))
 }
 
 /// Bring `table` to its latest version; returns it.
