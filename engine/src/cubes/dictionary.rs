@@ -98,27 +98,24 @@ pub fn packed_columns(e: &Expr) -> Option<(Vec<&str>, &[u64])> {
 
 /// Text columns of `batches` re-encoded as dictionaries with one values array per column,
 /// when a column has at most half as many distinct values as rows; the new schema, the
-/// batches, their Arrow size (shared values counted once) and the shared values.
+/// batches and the shared values.
 pub fn encode(
     schema: &SchemaRef,
     batches: Vec<RecordBatch>,
-) -> Result<(SchemaRef, Vec<RecordBatch>, u64, CubeDictionaries)> {
+) -> Result<(SchemaRef, Vec<RecordBatch>, CubeDictionaries)> {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     let mut columns: Vec<Vec<ArrayRef>> = (0..fields.len())
         .map(|i| batches.iter().map(|b| Arc::clone(b.column(i))).collect())
         .collect();
     let mut dictionaries = CubeDictionaries::default();
-    let mut bytes = 0u64;
     for (field, column) in fields.iter_mut().zip(columns.iter_mut()) {
         let value_type = field.data_type().clone();
         if let Some((keys, values)) = shared_dictionary(column, &value_type, rows / 2)? {
-            bytes += values.get_array_memory_size() as u64;
             *column = keys
                 .into_iter()
                 .map(|k| {
                     let array = DictionaryArray::<Int32Type>::try_new(k, Arc::clone(&values))?;
-                    bytes += array.keys().get_array_memory_size() as u64;
                     Ok(Arc::new(array) as ArrayRef)
                 })
                 .collect::<Result<_>>()?;
@@ -128,11 +125,6 @@ pub fn encode(
                 field.is_nullable(),
             );
             dictionaries.values.insert(field.name().clone(), values);
-        } else {
-            bytes += column
-                .iter()
-                .map(|a| a.get_array_memory_size() as u64)
-                .sum::<u64>();
         }
     }
     let schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
@@ -142,7 +134,7 @@ pub fn encode(
             Ok(RecordBatch::try_new(Arc::clone(&schema), arrays)?)
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok((schema, batches, bytes, dictionaries))
+    Ok((schema, batches, dictionaries))
 }
 
 /// The keys of each array of `column` over one shared values array of type `value_type`,
@@ -340,7 +332,7 @@ mod tests {
                 &[4, 5, 6],
             ),
         ];
-        let (encoded, batches, _, dictionaries) = encode(&schema, batches).unwrap();
+        let (encoded, batches, dictionaries) = encode(&schema, batches).unwrap();
         assert!(matches!(
             encoded.field(0).data_type(),
             DataType::Dictionary(_, v) if **v == DataType::Utf8View
@@ -392,7 +384,7 @@ mod tests {
             batch(&[x, x, None, y], &[y, y, x, None], &[1, 2, 3, 4]),
             batch(&[None, x, y, y], &[x, x, None, None], &[5, 6, 7, 8]),
         ];
-        let (schema, batches, _, dictionaries) = encode(&schema, batches).unwrap();
+        let (schema, batches, dictionaries) = encode(&schema, batches).unwrap();
         let ctx = SessionContext::new();
         let table = MemTable::try_new(schema, vec![batches]).unwrap();
         ctx.register_table("t", Arc::new(table)).unwrap();
@@ -446,7 +438,7 @@ mod tests {
             &[Some("a"), Some("b"), Some("c")],
             &[1, 2, 3],
         )];
-        let (encoded, _, _, dictionaries) = encode(&schema, batches).unwrap();
+        let (encoded, _, dictionaries) = encode(&schema, batches).unwrap();
         assert_eq!(encoded.field(0).data_type(), &DataType::Utf8View);
         assert!(dictionaries.is_empty());
     }
