@@ -434,6 +434,23 @@ async fn use_cubes_is_a_per_connection_setting() {
     assert_eq!(last_cubes(&a).await, "");
     rows(&b, sql).await;
     assert!(last_cubes(&b).await.starts_with("cube_"));
+    // A statement prepared while cubes are on is planned again at each EXECUTE, with the
+    // setting (and the traces version) of that moment.
+    rows(&b, &format!("PREPARE per_connection AS {sql}")).await;
+    rows(&b, "EXECUTE per_connection").await;
+    assert!(last_cubes(&b).await.starts_with("cube_"));
+    rows(&b, "SET tracecube.use_cubes = off").await;
+    rows(&b, "EXECUTE per_connection").await;
+    assert_eq!(last_cubes(&b).await, "");
+    // … and reads the traces version current at EXECUTE, not the one of PREPARE.
+    rows(&a, "PREPARE counted AS SELECT count(*) FROM traces").await;
+    let before = rows(&a, "EXECUTE counted").await;
+    let more = wh.generate("more", 500, 8);
+    wh.load(&[&more], LoadOptions::default()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let after = rows(&a, "EXECUTE counted").await;
+    assert_eq!(after, rows(&a, "SELECT count(*) FROM traces").await);
+    assert_ne!(before, after);
     let e = b
         .simple_query("SET tracecube.use_cubes = sometimes")
         .await

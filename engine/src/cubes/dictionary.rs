@@ -96,8 +96,13 @@ pub fn packed_columns(e: &Expr) -> Option<(Vec<&str>, &[u64])> {
     Some((columns, &key.radices))
 }
 
+/// The most values a cube dictionary holds: a function that resolves something per
+/// distinct value (`impact`'s weights) does it once per batch over all of them.
+const MAX_VALUES: usize = 16_384;
+
 /// Text columns of `batches` re-encoded as dictionaries with one values array per column,
-/// when a column has at most half as many distinct values as rows; the new schema, the
+/// when a column has at most half as many distinct values as rows (and at most
+/// [`MAX_VALUES`]); the new schema, the
 /// batches and the shared values.
 pub fn encode(
     schema: &SchemaRef,
@@ -111,7 +116,9 @@ pub fn encode(
     let mut dictionaries = CubeDictionaries::default();
     for (field, column) in fields.iter_mut().zip(columns.iter_mut()) {
         let value_type = field.data_type().clone();
-        if let Some((keys, values)) = shared_dictionary(column, &value_type, rows / 2)? {
+        if let Some((keys, values)) =
+            shared_dictionary(column, &value_type, (rows / 2).min(MAX_VALUES))?
+        {
             *column = keys
                 .into_iter()
                 .map(|k| {

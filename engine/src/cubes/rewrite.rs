@@ -92,10 +92,16 @@ impl OptimizerRule for CubeRewrite {
     fn rewrite(
         &self,
         plan: LogicalPlan,
-        _config: &dyn OptimizerConfig,
+        config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
         let scope = QUERY.try_with(Arc::clone).ok();
         if scope.as_ref().is_some_and(|s| !s.use_cubes) {
+            return Ok(Transformed::no(plan));
+        }
+        // A plan optimized for later runs (SQL `PREPARE`) has no start time: it is
+        // neither pinned nor rewritten now, but at each `EXECUTE`, with that
+        // connection's setting and the snapshot current then.
+        if config.query_execution_start_time().is_none() {
             return Ok(Transformed::no(plan));
         }
         // A plan pinned in an earlier pass keeps its snapshot.
