@@ -14,13 +14,13 @@ use datafusion::arrow::compute::{
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::catalog::memory::MemorySourceConfig;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{Result, ScalarValue};
+use datafusion::common::Result;
 use datafusion::datasource::TableType;
-use datafusion::logical_expr::utils::split_conjunction;
-use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::dictionary::{CubeDictionaries, encode};
+use super::time_filters::{MICROS_PER_DAY, time_bounds};
 
 /// Rows per batch: the unit of pruning.
 const BATCH_ROWS: usize = 8192;
@@ -31,7 +31,7 @@ pub struct MemoryCube {
     schema: SchemaRef,
     /// The time column, when the cube has one.
     time: Option<String>,
-    /// Each batch with the least and greatest value of the time column (as `i64`).
+    /// Each batch with the least and greatest value of the time column (µs).
     batches: Vec<(RecordBatch, Option<(i64, i64)>)>,
     partitions: usize,
 }
@@ -82,56 +82,6 @@ impl MemoryCube {
         };
         Ok((cube, bytes, dictionaries))
     }
-
-    /// The bounds `[lo, hi]` the time column must fall in for a row to pass `filters`.
-    fn time_bounds(&self, filters: &[Expr]) -> (i64, i64) {
-        let mut bounds = (i64::MIN, i64::MAX);
-        let Some(time) = &self.time else {
-            return bounds;
-        };
-        let column_is_time = |e: &Expr| matches!(e, Expr::Column(c) if &c.name == time);
-        for f in filters.iter().flat_map(|f| split_conjunction(f)) {
-            match f {
-                Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                    let (op, v) = if column_is_time(left) {
-                        (*op, as_i64(right))
-                    } else if column_is_time(right) {
-                        match op.swap() {
-                            Some(op) => (op, as_i64(left)),
-                            None => continue,
-                        }
-                    } else {
-                        continue;
-                    };
-                    let Some(v) = v else { continue };
-                    match op {
-                        Operator::Eq => {
-                            bounds.0 = bounds.0.max(v);
-                            bounds.1 = bounds.1.min(v);
-                        }
-                        Operator::GtEq => bounds.0 = bounds.0.max(v),
-                        Operator::Gt => bounds.0 = bounds.0.max(v.saturating_add(1)),
-                        Operator::LtEq => bounds.1 = bounds.1.min(v),
-                        Operator::Lt => bounds.1 = bounds.1.min(v.saturating_sub(1)),
-                        _ => {}
-                    }
-                }
-                Expr::Between(Between {
-                    expr,
-                    negated: false,
-                    low,
-                    high,
-                }) if column_is_time(expr) => {
-                    if let (Some(lo), Some(hi)) = (as_i64(low), as_i64(high)) {
-                        bounds.0 = bounds.0.max(lo);
-                        bounds.1 = bounds.1.min(hi);
-                    }
-                }
-                _ => {}
-            }
-        }
-        bounds
-    }
 }
 
 /// The memory `batches` hold, each buffer counted once however many arrays share it
@@ -156,20 +106,18 @@ pub fn distinct_bytes(batches: &[RecordBatch]) -> u64 {
     total
 }
 
-/// The least and greatest non-NULL value of a date or timestamp column, as `i64`.
+/// The least and greatest non-NULL value of a date or timestamp column, in µs since the
+/// epoch as [`time_bounds`] gives bounds.
 fn time_range(column: &dyn Array) -> Result<Option<(i64, i64)>> {
+    let unit = match column.data_type() {
+        DataType::Date32 => MICROS_PER_DAY,
+        _ => 1,
+    };
     let values = cast(column, &DataType::Int64)?;
     let values = values.as_primitive::<Int64Type>();
-    Ok(min(values).zip(max(values)))
-}
-
-/// The value of a non-NULL date or timestamp constant, in the unit of its type.
-fn as_i64(e: &Expr) -> Option<i64> {
-    match e {
-        Expr::Literal(ScalarValue::Date32(Some(v)), _) => Some(*v as i64),
-        Expr::Literal(ScalarValue::TimestampMicrosecond(Some(v), _), _) => Some(*v),
-        _ => None,
-    }
+    Ok(min(values)
+        .zip(max(values))
+        .map(|(lo, hi)| (lo.saturating_mul(unit), hi.saturating_mul(unit))))
 }
 
 #[async_trait]
@@ -197,7 +145,10 @@ impl TableProvider for MemoryCube {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let (lo, hi) = self.time_bounds(filters);
+        let (lo, hi) = match &self.time {
+            Some(time) => time_bounds(filters, time),
+            None => (i64::MIN, i64::MAX),
+        };
         let mut partitions = vec![Vec::new(); self.partitions];
         let kept = self.batches.iter().filter(|(_, range)| match range {
             Some((min, max)) => *max >= lo && *min <= hi,
@@ -220,6 +171,7 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{Date32Array, Int64Array};
     use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::common::ScalarValue;
     use datafusion::prelude::{SessionContext, col, lit};
 
     /// Rows sorted by day; a day filter reads only the batches of those days and gives

@@ -26,15 +26,15 @@ use datafusion::common::{Column, DFSchema, DataFusionError, Result};
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::logical_expr::utils::{conjunction, grouping_set_to_exprlist, split_conjunction};
 use datafusion::logical_expr::{
-    Aggregate, Between, BinaryExpr, Expr, ExprSchemable, GroupingSet, LogicalPlan,
-    LogicalPlanBuilder, Operator, Projection, TableScan, cast,
+    Aggregate, Expr, ExprSchemable, GroupingSet, LogicalPlan, LogicalPlanBuilder, Projection,
+    TableScan, cast,
 };
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
 use super::dictionary::packed_columns;
-use super::measures::{Measures, column, strip_alias, strip_lossless_casts};
+use super::measures::{Measures, column, strip_alias};
 use super::registry::{CubeRegistry, CubeSnapshot, ServedCube, TracesTable};
-use super::time_filters::LocalDays;
+use super::time_filters::{LocalDays, time_bounds};
 
 tokio::task_local! {
     /// The query being served on this task: whether it may use cubes, and which it used.
@@ -388,10 +388,7 @@ impl CubeRewrite {
         let aggregates = aggregates.iter().map(fit_one).collect::<Option<Vec<_>>>()?;
         if let Some(retention) = &def.retention {
             let from = cube.status.complete_from?;
-            let bounded = predicates
-                .iter()
-                .any(|p| lower_bound(p, &retention.column).is_some_and(|b| b >= from));
-            if !bounded {
+            if time_bounds(&predicates, &retention.column).0 < from {
                 return None;
             }
         }
@@ -600,47 +597,4 @@ fn build(
         )));
     }
     Ok(LogicalPlan::Projection(projection))
-}
-
-/// The least instant (µs) `column` can take in rows `predicate` keeps, when it bounds it
-/// from below by a constant.
-fn lower_bound(predicate: &Expr, column: &str) -> Option<i64> {
-    match predicate {
-        Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
-            Operator::And => match (lower_bound(left, column), lower_bound(right, column)) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            },
-            Operator::GtEq | Operator::Gt if is_time_column(left, column) => micros(right),
-            Operator::LtEq | Operator::Lt if is_time_column(right, column) => micros(left),
-            _ => None,
-        },
-        Expr::Between(Between {
-            expr,
-            negated: false,
-            low,
-            ..
-        }) if is_time_column(expr, column) => micros(low),
-        _ => None,
-    }
-}
-
-fn is_time_column(e: &Expr, column: &str) -> bool {
-    matches!(strip_lossless_casts(e), Expr::Column(c) if c.name == column)
-}
-
-/// A constant instant or date as microseconds since the epoch (rounded down).
-fn micros(e: &Expr) -> Option<i64> {
-    use datafusion::common::ScalarValue;
-    let Expr::Literal(value, _) = strip_lossless_casts(e) else {
-        return None;
-    };
-    match value {
-        ScalarValue::TimestampMicrosecond(Some(v), _) => Some(*v),
-        ScalarValue::TimestampNanosecond(Some(v), _) => Some(v.div_euclid(1_000)),
-        ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1_000),
-        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000),
-        ScalarValue::Date32(Some(d)) => Some(i64::from(*d) * 86_400_000_000),
-        _ => None,
-    }
 }

@@ -9,9 +9,10 @@
 use chrono::{DateTime, Duration, NaiveDate, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 use datafusion::common::ScalarValue;
-use datafusion::logical_expr::{BinaryExpr, Expr, Operator, lit};
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, lit};
 
-use super::measures::{column, is_column};
+use super::measures::{column, is_column, strip_lossless_casts};
 
 const MICROS_PER_MINUTE: i64 = 60_000_000;
 
@@ -123,6 +124,82 @@ fn micros(e: &Expr) -> Option<i64> {
     }
 }
 
+/// The range `[lo, hi]` (µs since the epoch, a date as its midnight UTC) that the date or
+/// timestamp column `column` must fall in for a row to pass every conjunct of `predicates`
+/// that compares it with a constant (`=`, `<`, `<=`, `>`, `>=`, either side, `BETWEEN`);
+/// `i64::MIN` / `i64::MAX` where nothing bounds it.
+pub fn time_bounds(predicates: &[Expr], column: &str) -> (i64, i64) {
+    let (mut lo, mut hi) = (i64::MIN, i64::MAX);
+    for p in predicates.iter().flat_map(split_conjunction) {
+        // The column holds whole µs: for a value `v` (rounded down, `exact` or not), the
+        // least it may be at or above and the greatest it may be below.
+        let (lower, upper) = match p {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                let (op, value) = if is_column(left, column) {
+                    (*op, right)
+                } else if is_column(right, column) {
+                    match op.swap() {
+                        Some(op) => (op, left),
+                        None => continue,
+                    }
+                } else {
+                    continue;
+                };
+                let Some((v, exact)) = floor_micros(value) else {
+                    continue;
+                };
+                let (at_or_above, below) = if exact {
+                    (v, v.saturating_sub(1))
+                } else {
+                    (v.saturating_add(1), v)
+                };
+                match op {
+                    Operator::Eq => (Some(at_or_above), Some(v)),
+                    Operator::GtEq => (Some(at_or_above), None),
+                    Operator::Gt => (Some(v.saturating_add(1)), None),
+                    Operator::Lt => (None, Some(below)),
+                    Operator::LtEq => (None, Some(v)),
+                    _ => continue,
+                }
+            }
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) if is_column(expr, column) => (
+                floor_micros(low).map(|(v, exact)| if exact { v } else { v.saturating_add(1) }),
+                floor_micros(high).map(|(v, _)| v),
+            ),
+            _ => continue,
+        };
+        lo = lo.max(lower.unwrap_or(i64::MIN));
+        hi = hi.min(upper.unwrap_or(i64::MAX));
+    }
+    (lo, hi)
+}
+
+/// A constant date or instant as µs since the epoch rounded down, and whether that is
+/// exact.
+fn floor_micros(e: &Expr) -> Option<(i64, bool)> {
+    let Expr::Literal(value, _) = strip_lossless_casts(e) else {
+        return None;
+    };
+    match value {
+        ScalarValue::TimestampMicrosecond(Some(v), _) => Some((*v, true)),
+        ScalarValue::TimestampNanosecond(Some(v), _) => {
+            Some((v.div_euclid(1_000), v.rem_euclid(1_000) == 0))
+        }
+        ScalarValue::TimestampMillisecond(Some(v), _) => Some((v.checked_mul(1_000)?, true)),
+        ScalarValue::TimestampSecond(Some(v), _) => Some((v.checked_mul(1_000_000)?, true)),
+        ScalarValue::Date32(Some(d)) => Some((i64::from(*d) * MICROS_PER_DAY, true)),
+        _ => None,
+    }
+}
+
+/// µs in a day: a `Date32` as an instant.
+pub const MICROS_PER_DAY: i64 = 86_400_000_000;
+
 /// Whether, from 1900 to 2200, no change of the zone's UTC offset moves local time back
 /// across midnight. Offset changes are found day by day and located to the second.
 fn dates_never_go_back(zone: Tz) -> bool {
@@ -159,6 +236,41 @@ fn dates_never_go_back(zone: Tz) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::prelude::col;
+
+    /// Bounds from every comparison shape, in µs, rounded inwards for a column of whole µs.
+    #[test]
+    fn time_bounds_of_comparisons() {
+        let ts = |v: i64| lit(ScalarValue::TimestampMicrosecond(Some(v), None));
+        let ns = |v: i64| lit(ScalarValue::TimestampNanosecond(Some(v), None));
+        let day = |d: i32| lit(ScalarValue::Date32(Some(d)));
+        let m = || col("minute");
+        let bounds = |p: Vec<Expr>| time_bounds(&p, "minute");
+        let (min, max) = (i64::MIN, i64::MAX);
+        assert_eq!(bounds(vec![m().gt_eq(ts(10))]), (10, max));
+        assert_eq!(bounds(vec![ts(10).lt(m())]), (11, max));
+        assert_eq!(bounds(vec![m().lt(ts(10)), m().gt(ts(2))]), (3, 9));
+        assert_eq!(
+            bounds(vec![m().lt_eq(ts(10)).and(ts(4).lt_eq(m()))]),
+            (4, 10)
+        );
+        assert_eq!(bounds(vec![m().eq(ts(7))]), (7, 7));
+        assert_eq!(bounds(vec![m().between(ts(3), ts(5))]), (3, 5));
+        // 1.5 µs: `>= 1.5` is `>= 2`, `< 1.5` is `<= 1`, `= 1.5` selects nothing
+        assert_eq!(bounds(vec![m().gt_eq(ns(1_500))]), (2, max));
+        assert_eq!(bounds(vec![m().lt(ns(1_500))]), (min, 1));
+        let (lo, hi) = bounds(vec![m().eq(ns(1_500))]);
+        assert!(lo > hi);
+        assert_eq!(bounds(vec![col("day").gt_eq(day(2))]), (min, max));
+        assert_eq!(
+            time_bounds(&[col("day").lt(day(2))], "day"),
+            (min, 2 * MICROS_PER_DAY - 1)
+        );
+        // not bounds: OR, <>, other columns, non-constants
+        assert_eq!(bounds(vec![m().gt(ts(1)).or(m().lt(ts(0)))]), (min, max));
+        assert_eq!(bounds(vec![m().not_eq(ts(1))]), (min, max));
+        assert_eq!(bounds(vec![m().gt(col("day"))]), (min, max));
+    }
 
     fn at(text: &str) -> i64 {
         DateTime::parse_from_rfc3339(text)
