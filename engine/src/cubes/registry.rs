@@ -43,8 +43,10 @@ pub struct ServedCube {
     pub def: CubeDef,
     pub dir: String,
     pub status: CubeStatus,
-    /// Reads the cube at `status.version`.
+    /// Reads the cube at `status.version`: from memory when it is held, else `storage`.
     pub provider: Option<Arc<dyn TableProvider>>,
+    /// Reads the cube's Parquet files at `status.version`.
+    pub storage: Option<Arc<dyn TableProvider>>,
     /// Bytes of Arrow memory when the cube is held in memory (else it is read from its
     /// Parquet files at each query).
     pub memory_bytes: Option<u64>,
@@ -154,6 +156,7 @@ impl CubeRegistry {
                 dir: dir.clone(),
                 status: CubeStatus::default(),
                 provider: None,
+                storage: None,
                 memory_bytes: None,
                 arrow_bytes: None,
                 dictionaries: Arc::default(),
@@ -181,7 +184,12 @@ impl CubeRegistry {
                 }
             }
         }
-        self.hold_in_memory(&mut cubes).await;
+        let budget = self
+            .warehouse
+            .config()
+            .cube_memory_mb
+            .saturating_mul(1 << 20);
+        hold_in_memory(budget, &previous, &mut cubes).await;
         *self.current.write().expect("registry lock") = Arc::new(CubeSnapshot {
             traces_version,
             traces: Some(traces),
@@ -207,70 +215,72 @@ impl CubeRegistry {
         }
         let error = self.warehouse.dir_error(dir);
         let status = status(table).await.map_err(&error)?;
-        let provider = table.table_provider().await.map_err(|e| error(e.into()))?;
+        let provider: Arc<dyn TableProvider> = Arc::new(PruningOnly(
+            table.table_provider().await.map_err(|e| error(e.into()))?,
+        ));
         Ok(ServedCube {
             def: def.clone(),
             dir: dir.to_string(),
             status,
-            provider: Some(Arc::new(PruningOnly(provider))),
+            provider: Some(Arc::clone(&provider)),
+            storage: Some(provider),
             memory_bytes: None,
             arrow_bytes: None,
             dictionaries: Arc::default(),
         })
     }
+}
 
-    /// Hold the smallest cubes in memory as Arrow batches, within `cube_memory_mb`: a
-    /// query then skips opening and decoding Parquet files. A cube already held at the
-    /// same version stays as it is.
-    async fn hold_in_memory(&self, cubes: &mut [ServedCube]) {
-        let budget = self
-            .warehouse
-            .config()
-            .cube_memory_mb
-            .saturating_mul(1 << 20);
-        let previous = self.current();
-        let mut order: Vec<usize> = (0..cubes.len()).collect();
-        order.sort_by_key(|&i| cubes[i].status.bytes);
-        let mut used = 0u64;
-        for i in order {
-            let cube = &mut cubes[i];
-            let Some(provider) = cube.provider.clone() else {
-                continue;
-            };
-            let same = previous
-                .cubes
-                .iter()
-                .find(|c| c.def == cube.def && c.status.version == cube.status.version);
-            if let Some(held) = same.filter(|c| c.memory_bytes.is_some()) {
-                let bytes = held.memory_bytes.unwrap_or(0);
+/// Hold the smallest cubes in memory as Arrow batches, within `budget` bytes: a query then
+/// skips opening and decoding Parquet files. A cube `previous` held at the same version
+/// stays as it is while it fits; one that no longer fits goes back to its Parquet files.
+async fn hold_in_memory(budget: u64, previous: &CubeSnapshot, cubes: &mut [ServedCube]) {
+    for cube in cubes.iter_mut() {
+        cube.provider.clone_from(&cube.storage);
+        cube.memory_bytes = None;
+        cube.dictionaries = Arc::default();
+    }
+    let mut order: Vec<usize> = (0..cubes.len()).collect();
+    order.sort_by_key(|&i| cubes[i].status.bytes);
+    let mut used = 0u64;
+    for i in order {
+        let cube = &mut cubes[i];
+        let Some(provider) = cube.storage.clone() else {
+            continue;
+        };
+        let same = previous
+            .cubes
+            .iter()
+            .find(|c| c.def == cube.def && c.status.version == cube.status.version);
+        if let Some(held) = same.filter(|c| c.memory_bytes.is_some()) {
+            let bytes = held.memory_bytes.unwrap_or(0);
+            if used + bytes <= budget {
+                used += bytes;
+                cube.provider = held.provider.clone();
+                cube.memory_bytes = held.memory_bytes;
+                cube.dictionaries = Arc::clone(&held.dictionaries);
+            }
+            cube.arrow_bytes = held.arrow_bytes;
+            continue;
+        }
+        // The size measured when this version was last read; else an estimate (Parquet
+        // is a fourth to a tenth of the Arrow size): skip what cannot fit.
+        cube.arrow_bytes = same.and_then(|c| c.arrow_bytes);
+        let estimate = cube.arrow_bytes.unwrap_or(cube.status.bytes * 4);
+        if used + estimate > budget {
+            continue;
+        }
+        match in_memory(provider).await {
+            Ok((table, bytes, dictionaries)) => {
+                cube.arrow_bytes = Some(bytes);
                 if used + bytes <= budget {
                     used += bytes;
-                    cube.provider = held.provider.clone();
-                    cube.memory_bytes = held.memory_bytes;
-                    cube.dictionaries = Arc::clone(&held.dictionaries);
+                    cube.provider = Some(table);
+                    cube.memory_bytes = Some(bytes);
+                    cube.dictionaries = Arc::new(dictionaries);
                 }
-                cube.arrow_bytes = held.arrow_bytes;
-                continue;
             }
-            // The size measured when this version was last read; else an estimate (Parquet
-            // is a fourth to a tenth of the Arrow size): skip what cannot fit.
-            cube.arrow_bytes = same.and_then(|c| c.arrow_bytes);
-            let estimate = cube.arrow_bytes.unwrap_or(cube.status.bytes * 4);
-            if used + estimate > budget {
-                continue;
-            }
-            match in_memory(provider).await {
-                Ok((table, bytes, dictionaries)) => {
-                    cube.arrow_bytes = Some(bytes);
-                    if used + bytes <= budget {
-                        used += bytes;
-                        cube.provider = Some(table);
-                        cube.memory_bytes = Some(bytes);
-                        cube.dictionaries = Arc::new(dictionaries);
-                    }
-                }
-                Err(e) => tracing::warn!("cube {} stays on storage: {e}", cube.def.name),
-            }
+            Err(e) => tracing::warn!("cube {} stays on storage: {e}", cube.def.name),
         }
     }
 }
@@ -283,7 +293,12 @@ async fn in_memory(
     let ctx = datafusion::prelude::SessionContext::new();
     let batches = ctx.read_table(Arc::clone(&provider))?.collect().await?;
     let parts = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (cube, bytes, dictionaries) = MemoryCube::try_new(&provider.schema(), batches, parts)?;
+    let schema = provider.schema();
+    // Sorting and encoding take CPU time, not I/O: off the async workers.
+    let (cube, bytes, dictionaries) =
+        tokio::task::spawn_blocking(move || MemoryCube::try_new(&schema, batches, parts))
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))??;
     Ok((Arc::new(cube), bytes, dictionaries))
 }
 
@@ -511,5 +526,95 @@ impl SystemRows for CubesTable {
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         self.batch(&self.registry.current())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::datasource::MemTable;
+
+    use super::*;
+    use crate::config::CubeConfig;
+
+    /// A cube of `rows` rows on its Parquet files (here: a `MemTable`), at version 1.
+    fn cube(name: &str, rows: usize) -> ServedCube {
+        let def = CubeDef::new(
+            name,
+            &CubeConfig {
+                dimensions: vec!["channel".into()],
+                retention: None,
+            },
+        )
+        .unwrap();
+        let channel: ArrayRef = Arc::new(StringArray::from_iter_values(
+            (0..rows).map(|i| ["phone", "email", "chat"][i % 3]),
+        ));
+        let contacts: ArrayRef = Arc::new(Int64Array::from_iter_values(0..rows as i64));
+        let batch =
+            RecordBatch::try_from_iter([("channel", channel), ("contacts", contacts)]).unwrap();
+        let storage: Arc<dyn TableProvider> =
+            Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap());
+        ServedCube {
+            def,
+            dir: format!("cubes/{name}"),
+            status: CubeStatus {
+                rows: rows as u64,
+                bytes: rows as u64,
+                version: 1,
+                ..CubeStatus::default()
+            },
+            provider: Some(Arc::clone(&storage)),
+            storage: Some(storage),
+            memory_bytes: None,
+            arrow_bytes: None,
+            dictionaries: Arc::default(),
+        }
+    }
+
+    fn held(cubes: &[ServedCube]) -> Vec<bool> {
+        cubes.iter().map(|c| c.memory_bytes.is_some()).collect()
+    }
+
+    #[tokio::test]
+    async fn held_cubes_stay_within_the_budget() {
+        let mut all = vec![cube("small", 1_000), cube("large", 100_000)];
+        hold_in_memory(u64::MAX, &CubeSnapshot::default(), &mut all).await;
+        assert_eq!(held(&all), [true, true]);
+        let small = all[0].memory_bytes.unwrap();
+        let large = all[1].memory_bytes.unwrap();
+        assert!(small < large);
+        for cube in &all {
+            assert!(!Arc::ptr_eq(
+                cube.provider.as_ref().unwrap(),
+                cube.storage.as_ref().unwrap()
+            ));
+        }
+        let previous = CubeSnapshot {
+            cubes: all,
+            ..CubeSnapshot::default()
+        };
+
+        // Same versions (a refresh keeps the cubes it held, as `read_cube` does), a budget
+        // that now holds only the smaller: the larger goes back to its files, never left
+        // in memory uncharged.
+        let mut next = previous.cubes.clone();
+        hold_in_memory(small + large - 1, &previous, &mut next).await;
+        assert_eq!(held(&next), [true, false]);
+        assert!(Arc::ptr_eq(
+            next[0].provider.as_ref().unwrap(),
+            previous.cubes[0].provider.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            next[1].provider.as_ref().unwrap(),
+            next[1].storage.as_ref().unwrap()
+        ));
+        assert!(next[1].dictionaries.values("channel").is_none());
+        assert_eq!(next[1].arrow_bytes, Some(large));
+
+        // A budget of nothing holds nothing.
+        let mut none = previous.cubes.clone();
+        hold_in_memory(0, &previous, &mut none).await;
+        assert_eq!(held(&none), [false, false]);
     }
 }
