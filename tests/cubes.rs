@@ -516,6 +516,18 @@ async fn cube_answers_follow_the_traces_version_a_raw_query_saw() {
     rows(&client, "SET tracecube.use_cubes = off").await;
     assert_eq!(with, count(rows(&client, sql).await));
     assert!(cube_answers > 0);
+    // The new cube versions were served from their files at once, and are read into
+    // memory in the background: all of them in the end (the default budget holds them).
+    let held = "SELECT count(*) = count(memory_bytes) AND count(*) > 0 FROM tracecube.cubes";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rows(&client, held).await != [["t"]] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cubes not held in memory after the loads: {:?}",
+            rows(&client, "SELECT name, memory_bytes FROM tracecube.cubes").await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     drop(client);
     server.stop().await;
 }

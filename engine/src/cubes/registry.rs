@@ -88,6 +88,8 @@ pub struct CubeRegistry {
     defs: Vec<CubeDef>,
     current: RwLock<Arc<CubeSnapshot>>,
     handles: Mutex<Handles>,
+    /// Held while cubes are read into memory (one reader at a time).
+    holding: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for CubeRegistry {
@@ -111,8 +113,11 @@ impl CubeRegistry {
             }),
             defs,
             current: RwLock::new(Arc::new(CubeSnapshot::default())),
+            holding: Arc::new(Mutex::new(())),
         });
-        registry.refresh().await?;
+        // At start-up the cubes that fit are read into memory before the first query.
+        registry.read_versions().await?;
+        registry.hold_new_versions().await;
         Ok(registry)
     }
 
@@ -121,11 +126,30 @@ impl CubeRegistry {
         self.current.read().expect("registry lock").clone()
     }
 
-    /// Read new commits of `traces` and of the cubes, unless checked less than a second ago.
-    pub async fn refresh(&self) -> Result<(), WarehouseError> {
+    /// Read new commits of `traces` and of the cubes, unless checked less than a second
+    /// ago. New cube versions are served from their Parquet files at once, and read into
+    /// memory in the background (queries do not wait for it).
+    pub async fn refresh(self: &Arc<Self>) -> Result<(), WarehouseError> {
+        if self.read_versions().await? {
+            let Ok(guard) = Arc::clone(&self.holding).try_lock_owned() else {
+                // Another task is holding cubes; it reads the latest snapshot again when done.
+                return Ok(());
+            };
+            let registry = Arc::clone(self);
+            tokio::spawn(async move {
+                let _guard = guard;
+                registry.hold_new_versions().await;
+            });
+        }
+        Ok(())
+    }
+
+    /// Publish a snapshot of the latest versions of `traces` and of the cubes, keeping in
+    /// memory the cubes held at the same version that still fit; whether it was checked.
+    async fn read_versions(&self) -> Result<bool, WarehouseError> {
         let mut handles = self.handles.lock().await;
         if handles.checked.is_some_and(|t| t.elapsed() < FRESHNESS) {
-            return Ok(());
+            return Ok(false);
         }
         let traces_version = match &mut handles.traces {
             Some(t) => latest(t, &self.warehouse, "traces").await?,
@@ -184,19 +208,47 @@ impl CubeRegistry {
                 }
             }
         }
-        let budget = self
-            .warehouse
-            .config()
-            .cube_memory_mb
-            .saturating_mul(1 << 20);
-        hold_in_memory(budget, &previous, &mut cubes).await;
+        hold_in_memory(self.budget(), &previous, &mut cubes, false).await;
         *self.current.write().expect("registry lock") = Arc::new(CubeSnapshot {
             traces_version,
             traces: Some(traces),
             cubes,
         });
         handles.checked = Some(Instant::now());
-        Ok(())
+        Ok(true)
+    }
+
+    fn budget(&self) -> u64 {
+        self.warehouse
+            .config()
+            .cube_memory_mb
+            .saturating_mul(1 << 20)
+    }
+
+    /// Read into memory the cubes of the current snapshot that fit and are not held yet,
+    /// then publish them unless a newer snapshot was published meanwhile (then start over
+    /// from that one).
+    async fn hold_new_versions(&self) {
+        loop {
+            let snapshot = self.current();
+            let mut cubes = snapshot.cubes.clone();
+            hold_in_memory(self.budget(), &snapshot, &mut cubes, true).await;
+            let unchanged = cubes
+                .iter()
+                .zip(&snapshot.cubes)
+                .all(|(a, b)| (a.memory_bytes, a.arrow_bytes) == (b.memory_bytes, b.arrow_bytes));
+            if unchanged {
+                return;
+            }
+            let _handles = self.handles.lock().await;
+            if Arc::ptr_eq(&self.current(), &snapshot) {
+                *self.current.write().expect("registry lock") = Arc::new(CubeSnapshot {
+                    cubes,
+                    ..(*snapshot).clone()
+                });
+                return;
+            }
+        }
     }
 }
 
@@ -234,7 +286,13 @@ impl CubeRegistry {
 /// Hold the smallest cubes in memory as Arrow batches, within `budget` bytes: a query then
 /// skips opening and decoding Parquet files. A cube `previous` held at the same version
 /// stays as it is while it fits; one that no longer fits goes back to its Parquet files.
-async fn hold_in_memory(budget: u64, previous: &CubeSnapshot, cubes: &mut [ServedCube]) {
+/// Others that fit are read into memory when `load` is set.
+async fn hold_in_memory(
+    budget: u64,
+    previous: &CubeSnapshot,
+    cubes: &mut [ServedCube],
+    load: bool,
+) {
     for cube in cubes.iter_mut() {
         cube.provider.clone_from(&cube.storage);
         cube.memory_bytes = None;
@@ -267,7 +325,7 @@ async fn hold_in_memory(budget: u64, previous: &CubeSnapshot, cubes: &mut [Serve
         // is a fourth to a tenth of the Arrow size): skip what cannot fit.
         cube.arrow_bytes = same.and_then(|c| c.arrow_bytes);
         let estimate = cube.arrow_bytes.unwrap_or(cube.status.bytes * 4);
-        if used + estimate > budget {
+        if !load || used + estimate > budget {
             continue;
         }
         match in_memory(provider).await {
@@ -579,7 +637,10 @@ mod tests {
     #[tokio::test]
     async fn held_cubes_stay_within_the_budget() {
         let mut all = vec![cube("small", 1_000), cube("large", 100_000)];
-        hold_in_memory(u64::MAX, &CubeSnapshot::default(), &mut all).await;
+        let mut unread = all.clone();
+        hold_in_memory(u64::MAX, &CubeSnapshot::default(), &mut unread, false).await;
+        assert_eq!(held(&unread), [false, false], "only a load reads cubes");
+        hold_in_memory(u64::MAX, &CubeSnapshot::default(), &mut all, true).await;
         assert_eq!(held(&all), [true, true]);
         let small = all[0].memory_bytes.unwrap();
         let large = all[1].memory_bytes.unwrap();
@@ -599,7 +660,7 @@ mod tests {
         // that now holds only the smaller: the larger goes back to its files, never left
         // in memory uncharged.
         let mut next = previous.cubes.clone();
-        hold_in_memory(small + large - 1, &previous, &mut next).await;
+        hold_in_memory(small + large - 1, &previous, &mut next, false).await;
         assert_eq!(held(&next), [true, false]);
         assert!(Arc::ptr_eq(
             next[0].provider.as_ref().unwrap(),
@@ -614,7 +675,7 @@ mod tests {
 
         // A budget of nothing holds nothing.
         let mut none = previous.cubes.clone();
-        hold_in_memory(0, &previous, &mut none).await;
+        hold_in_memory(0, &previous, &mut none, true).await;
         assert_eq!(held(&none), [false, false]);
     }
 }
