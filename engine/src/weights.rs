@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray, UInt64Array,
+    Array, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray,
 };
 use datafusion::arrow::compute::kernels::zip::zip;
 use datafusion::arrow::compute::{cast, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Float64Type, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DFSchema, Result, exec_err};
 use datafusion::datasource::TableType;
@@ -21,8 +21,10 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{ColumnarValue, Expr};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use datafusion::prelude::SessionContext;
 use deltalake::protocol::SaveMode;
@@ -122,41 +124,6 @@ impl WeightsState {
         *rows = next;
         self.handle.replace(weights);
         Ok(())
-    }
-}
-
-impl WeightsTable {
-    /// A one-row `count` result, as DataFusion's DML statements return.
-    fn count_result(count: u64) -> Result<Arc<dyn ExecutionPlan>> {
-        let schema = Arc::new(Schema::new(vec![Field::new(
-            "count",
-            DataType::UInt64,
-            false,
-        )]));
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![Arc::new(UInt64Array::from(vec![count]))],
-        )?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            schema,
-            None,
-        )?)
-    }
-
-    /// Which committed rows the DML `filters` select (all when there are none).
-    fn matching(state: &dyn Session, rows: &RecordBatch, filters: &[Expr]) -> Result<BooleanArray> {
-        let schema = DFSchema::try_from(rows.schema())?;
-        let mut selected = BooleanArray::from(vec![true; rows.num_rows()]);
-        for filter in filters {
-            let predicate = state.create_physical_expr(filter.clone(), &schema)?;
-            let values = predicate.evaluate(rows)?.into_array(rows.num_rows())?;
-            let values = values.as_boolean();
-            // NULL does not match (SQL three-valued logic)
-            let values: BooleanArray = values.iter().map(|v| Some(v == Some(true))).collect();
-            selected = datafusion::arrow::compute::and(&selected, &values)?;
-        }
-        Ok(selected)
     }
 }
 
@@ -281,14 +248,8 @@ impl TableProvider for WeightsTable {
         state: &dyn Session,
         filters: Vec<Expr>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut rows = self.0.rows.lock().await;
-        let selected = Self::matching(state, &rows, &filters)?;
-        let deleted = selected.true_count() as u64;
-        let kept = filter_record_batch(&rows, &datafusion::arrow::compute::not(&selected)?)?;
-        if deleted > 0 {
-            self.0.commit(&mut rows, kept).await?;
-        }
-        Self::count_result(deleted)
+        let predicates = Self::predicates(state, &filters)?;
+        Ok(self.change(Change::Delete { predicates }))
     }
 
     async fn update(
@@ -297,32 +258,130 @@ impl TableProvider for WeightsTable {
         assignments: Vec<(String, Expr)>,
         filters: Vec<Expr>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut rows = self.0.rows.lock().await;
-        let selected = Self::matching(state, &rows, &filters)?;
-        let schema = DFSchema::try_from(rows.schema())?;
-        let mut columns = rows.columns().to_vec();
-        for (name, expr) in &assignments {
-            let Some(index) = rows.schema().index_of(name).ok() else {
-                return exec_err!(
-                    "impact_weights has no column {name}: its columns are axis, key, weight"
-                );
-            };
-            let value = state
-                .create_physical_expr(expr.clone(), &schema)?
-                .evaluate(&rows)?;
-            let value = match value {
-                ColumnarValue::Array(a) => a,
-                ColumnarValue::Scalar(s) => s.to_array_of_size(rows.num_rows())?,
-            };
-            let value = cast(&value, rows.schema().field(index).data_type())?;
-            columns[index] = zip(&selected, &value, &rows.column(index))?;
+        let predicates = Self::predicates(state, &filters)?;
+        let schema = weights_schema();
+        let df_schema = DFSchema::try_from(Arc::clone(&schema))?;
+        let values = assignments
+            .into_iter()
+            .map(|(name, expr)| {
+                let Ok(index) = schema.index_of(&name) else {
+                    return exec_err!(
+                        "impact_weights has no column {name}: its columns are axis, key, weight"
+                    );
+                };
+                Ok((index, state.create_physical_expr(expr, &df_schema)?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(self.change(Change::Update { predicates, values }))
+    }
+}
+
+impl WeightsTable {
+    /// The DML `filters` as expressions over the stored rows.
+    fn predicates(state: &dyn Session, filters: &[Expr]) -> Result<Vec<Arc<dyn PhysicalExpr>>> {
+        let schema = DFSchema::try_from(weights_schema())?;
+        filters
+            .iter()
+            .map(|f| state.create_physical_expr(f.clone(), &schema))
+            .collect()
+    }
+
+    /// A plan that applies `change` when it is executed, not before: planning (and so
+    /// `EXPLAIN`) changes nothing.
+    fn change(&self, change: Change) -> Arc<dyn ExecutionPlan> {
+        let sink = WeightsChange {
+            state: Arc::clone(&self.0),
+            change,
+        };
+        let nothing = Arc::new(EmptyExec::new(weights_schema()));
+        Arc::new(DataSinkExec::new(nothing, Arc::new(sink), None))
+    }
+}
+
+/// A `DELETE` or an `UPDATE` of the weights.
+#[derive(Debug)]
+enum Change {
+    Delete {
+        predicates: Vec<Arc<dyn PhysicalExpr>>,
+    },
+    Update {
+        predicates: Vec<Arc<dyn PhysicalExpr>>,
+        /// (column index, new value)
+        values: Vec<(usize, Arc<dyn PhysicalExpr>)>,
+    },
+}
+
+/// Applies a [`Change`] to the committed rows in one commit, when executed.
+#[derive(Debug)]
+struct WeightsChange {
+    state: Arc<WeightsState>,
+    change: Change,
+}
+
+impl DisplayAs for WeightsChange {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        match &self.change {
+            Change::Delete { .. } => write!(f, "ImpactWeightsDelete"),
+            Change::Update { .. } => write!(f, "ImpactWeightsUpdate"),
         }
-        let updated = selected.true_count() as u64;
-        if updated > 0 {
-            let next = RecordBatch::try_new(rows.schema(), columns)?;
-            self.0.commit(&mut rows, next).await?;
+    }
+}
+
+/// Which committed rows `predicates` select (all when there are none); NULL does not
+/// match (SQL three-valued logic).
+fn matching(rows: &RecordBatch, predicates: &[Arc<dyn PhysicalExpr>]) -> Result<BooleanArray> {
+    let mut selected = BooleanArray::from(vec![true; rows.num_rows()]);
+    for predicate in predicates {
+        let values = predicate.evaluate(rows)?.into_array(rows.num_rows())?;
+        let values: BooleanArray = values
+            .as_boolean()
+            .iter()
+            .map(|v| Some(v == Some(true)))
+            .collect();
+        selected = datafusion::arrow::compute::and(&selected, &values)?;
+    }
+    Ok(selected)
+}
+
+#[async_trait]
+impl DataSink for WeightsChange {
+    fn schema(&self) -> &SchemaRef {
+        static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(weights_schema);
+        &SCHEMA
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> Result<u64> {
+        while let Some(batch) = data.next().await {
+            batch?;
         }
-        Self::count_result(updated)
+        let mut rows = self.state.rows.lock().await;
+        let (count, next) = match &self.change {
+            Change::Delete { predicates } => {
+                let selected = matching(&rows, predicates)?;
+                let kept =
+                    filter_record_batch(&rows, &datafusion::arrow::compute::not(&selected)?)?;
+                (selected.true_count() as u64, kept)
+            }
+            Change::Update { predicates, values } => {
+                let selected = matching(&rows, predicates)?;
+                let mut columns = rows.columns().to_vec();
+                for (index, value) in values {
+                    let value = value.evaluate(&rows)?.into_array(rows.num_rows())?;
+                    let value = cast(&value, rows.schema().field(*index).data_type())?;
+                    columns[*index] = zip(&selected, &value, &rows.column(*index))?;
+                }
+                let next = RecordBatch::try_new(rows.schema(), columns)?;
+                (selected.true_count() as u64, next)
+            }
+        };
+        if count > 0 {
+            self.state.commit(&mut rows, next).await?;
+        }
+        Ok(count)
     }
 }
 
