@@ -220,3 +220,107 @@ async fn server_sees_a_load_committed_by_another_loader() {
     assert_eq!(seen, 3_000);
     server.stop().await;
 }
+
+/// The SQLSTATE of a failed statement (simple protocol).
+async fn sqlstate(client: &tokio_postgres::Client, sql: &str) -> String {
+    match client.simple_query(sql).await {
+        Ok(_) => panic!("{sql} succeeded"),
+        Err(e) => e
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{sql}: {e:?}"))
+            .code()
+            .code()
+            .to_string(),
+    }
+}
+
+async fn ok(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<String>> {
+    match client.simple_query(sql).await {
+        Ok(m) => simple_rows(m),
+        Err(e) => panic!("{sql}: {e:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_sql_touches_server_files_or_tracecube_objects_and_connections_are_isolated() {
+    let (wh, server) = loaded_server().await;
+    let (a, b) = (server.connect().await, server.connect().await);
+
+    // Server files: never written, never read.
+    let target = wh.path("written-by-copy.csv");
+    let copy = format!("COPY (SELECT 1) TO '{}'", target.display());
+    assert_eq!(sqlstate(&a, &copy).await, "42501");
+    assert!(!target.exists());
+    let parquet = wh.generate("outside", 10, 1);
+    let external = format!(
+        "CREATE EXTERNAL TABLE outside STORED AS PARQUET LOCATION '{}'",
+        parquet.display()
+    );
+    assert_eq!(sqlstate(&a, &external).await, "42501");
+    assert_eq!(sqlstate(&a, "SELECT count(*) FROM outside").await, "42P01");
+    assert_eq!(
+        sqlstate(&a, "SET datafusion.runtime.temp_directory = '/tmp'").await,
+        "42501"
+    );
+
+    // Tracecube's tables, views and schemas: read-only for everyone, over both protocols.
+    let traces = ok(&b, "SELECT count(*) FROM traces").await;
+    for sql in [
+        "DROP VIEW journeys",
+        "DROP TABLE traces",
+        "DROP TABLE public.impact_weights",
+        "CREATE VIEW traces AS SELECT 1 AS x",
+        "CREATE OR REPLACE VIEW journey_summary AS SELECT 1 AS x",
+        "CREATE TABLE \"public\".\"rejects\" AS SELECT 1 AS x",
+        "DELETE FROM traces",
+        "EXPLAIN ANALYZE DELETE FROM traces",
+        "UPDATE traces SET channel = 'x'",
+        "INSERT INTO tracecube.loads SELECT * FROM tracecube.loads",
+        "DROP SCHEMA tracecube",
+        "CREATE SCHEMA pg_catalog",
+    ] {
+        assert_eq!(sqlstate(&a, sql).await, "42501", "{sql}");
+        let extended = a.query(sql, &[]).await.unwrap_err();
+        let code = extended.as_db_error().map(|d| d.code().code().to_string());
+        assert_eq!(
+            code.as_deref(),
+            Some("42501"),
+            "{sql} (extended): {extended:?}"
+        );
+    }
+    assert_eq!(ok(&b, "SELECT count(*) FROM traces").await, traces);
+    assert_eq!(ok(&b, "SELECT count(*) > 0 FROM journeys").await, [["t"]]);
+
+    // A connection's own objects and settings are its own.
+    ok(&a, "CREATE TABLE mine AS SELECT 1 AS x").await;
+    ok(
+        &a,
+        "CREATE VIEW my_channels AS SELECT DISTINCT channel FROM traces",
+    )
+    .await;
+    assert_eq!(ok(&a, "SELECT x FROM mine").await, [["1"]]);
+    assert_eq!(sqlstate(&b, "SELECT x FROM mine").await, "42P01");
+    assert_eq!(sqlstate(&b, "SELECT * FROM my_channels").await, "42P01");
+    ok(&b, "CREATE TABLE mine AS SELECT 2 AS x").await;
+    assert_eq!(ok(&a, "SELECT x FROM mine").await, [["1"]]);
+    ok(&a, "DROP VIEW my_channels").await;
+    let batch = "SELECT value FROM information_schema.df_settings \
+                 WHERE name = 'datafusion.execution.batch_size'";
+    let before = ok(&b, batch).await;
+    ok(&a, "SET datafusion.execution.batch_size = 123").await;
+    assert_eq!(ok(&a, batch).await, [["123"]]);
+    assert_eq!(ok(&b, batch).await, before);
+
+    // Errors carry the class of PostgreSQL's.
+    for (sql, code) in [
+        ("SELEC 1", "42601"),
+        ("SELECT * FROM no_such_table", "42P01"),
+        ("SELECT no_such_column FROM traces", "42703"),
+        ("SELECT 1 / 0", "22012"),
+        ("SELECT CAST('abc' AS INT)", "22P02"),
+    ] {
+        assert_eq!(sqlstate(&a, sql).await, code, "{sql}");
+    }
+    drop((a, b));
+    server.stop().await;
+}

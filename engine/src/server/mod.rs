@@ -9,8 +9,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
+pub mod errors;
+pub mod policy;
 pub mod queries;
 
+use crate::catalog;
 use crate::cubes::registry::CubeRegistry;
 use datafusion_postgres::pgwire::api::auth::StartupHandler;
 use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
@@ -20,6 +23,7 @@ use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use datafusion_postgres::pgwire::tokio::process_socket;
 use futures::Sink;
+use policy::Role;
 use queries::{QueryHandler, QueryLog};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -160,15 +164,29 @@ impl Server {
                 "the session was not built by catalog::session (no cube registry or query log)",
             ));
         };
-        let handlers = Arc::new(Handlers {
-            session: Arc::new(QueryHandler::new(Arc::new(ctx), cubes, log)),
-            startup: Arc::new(StartupCheck {
-                inner: LoopbackOnly {
-                    connections: connections.clone(),
-                },
-            }),
-            cancel: Arc::new(DefaultCancelHandler::new(connections)),
+        let shared = Arc::clone(ctx.state().catalog_list());
+        let startup = Arc::new(StartupCheck {
+            inner: LoopbackOnly {
+                connections: connections.clone(),
+            },
         });
+        let cancel = Arc::new(DefaultCancelHandler::new(connections));
+        // Each connection gets its own session (settings, its own objects) over the shared
+        // catalog; with no users configured, every client is the admin `tracecube`.
+        let handlers = move || {
+            let session = QueryHandler::new(
+                Arc::new(catalog::connection_session(&ctx)),
+                Arc::clone(&shared),
+                Role::Admin,
+                Arc::clone(&cubes),
+                Arc::clone(&log),
+            );
+            Arc::new(Handlers {
+                session: Arc::new(session),
+                startup: Arc::clone(&startup),
+                cancel: Arc::clone(&cancel),
+            })
+        };
         let mut sessions = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -176,7 +194,7 @@ impl Server {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((socket, peer)) => {
-                        let handlers = handlers.clone();
+                        let handlers = handlers();
                         sessions.spawn(async move {
                             if let Err(e) = process_socket(socket, None, handlers).await {
                                 tracing::debug!("session from {peer} ended with an error: {e}");

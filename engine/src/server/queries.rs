@@ -30,10 +30,14 @@ use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
 use datafusion_postgres::{DfSessionService, QueryHook};
 use futures::{Sink, StreamExt};
 
+use super::errors::{forbidden, with_sqlstate};
+use super::policy::{Forbidden, Policy, Role};
 use crate::cubes::registry::CubeRegistry;
 use crate::cubes::rewrite::{QUERY, QueryScope};
 use crate::schema::timestamp_type;
 use crate::system::SystemRows;
+use datafusion::catalog::CatalogProviderList;
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
 /// The session setting that turns the cube rewrite off (`SET tracecube.use_cubes = off`).
 pub const USE_CUBES: &str = "tracecube.use_cubes";
@@ -172,12 +176,24 @@ impl Drop for Pending {
 /// query log around them.
 pub struct QueryHandler {
     inner: Arc<DfSessionService>,
+    ctx: Arc<SessionContext>,
     cubes: Arc<CubeRegistry>,
     log: Arc<QueryLog>,
+    /// Tracecube's own catalogs, shared by every connection.
+    shared: Arc<dyn CatalogProviderList>,
+    role: Role,
+    parser: PostgresCompatibilityParser,
 }
 
 impl QueryHandler {
-    pub fn new(ctx: Arc<SessionContext>, cubes: Arc<CubeRegistry>, log: Arc<QueryLog>) -> Self {
+    /// The handler of one connection, over its own session `ctx`.
+    pub fn new(
+        ctx: Arc<SessionContext>,
+        shared: Arc<dyn CatalogProviderList>,
+        role: Role,
+        cubes: Arc<CubeRegistry>,
+        log: Arc<QueryLog>,
+    ) -> Self {
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(UseCubesHook),
             Arc::new(datafusion_postgres::hooks::cursor::CursorStatementHook),
@@ -185,10 +201,49 @@ impl QueryHandler {
             Arc::new(datafusion_postgres::hooks::transactions::TransactionStatementHook),
         ];
         QueryHandler {
-            inner: Arc::new(DfSessionService::new_with_hooks(ctx, hooks)),
+            inner: Arc::new(DfSessionService::new_with_hooks(Arc::clone(&ctx), hooks)),
+            ctx,
             cubes,
             log,
+            shared,
+            role,
+            parser: PostgresCompatibilityParser::new(),
         }
+    }
+
+    fn policy(&self) -> Policy<'_> {
+        Policy {
+            role: self.role,
+            shared: self.shared.as_ref(),
+        }
+    }
+
+    /// Check every statement of `query` before any of it runs: each is planned as the
+    /// session will plan it (a statement that does not plan fails the same way later).
+    async fn check_simple(&self, query: &str) -> Result<(), Forbidden> {
+        let Ok(statements) = self.parser.parse(query) else {
+            return Ok(());
+        };
+        let policy = self.policy();
+        for statement in statements {
+            policy.check_statement(&statement)?;
+            let state = self.ctx.state();
+            if let Ok(plan) = state.create_logical_plan(&statement.to_string()).await {
+                policy.check(&plan)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A refused statement: logged, and answered with SQLSTATE 42501.
+    fn refuse(&self, pending: Pending, scope: &QueryScope, refusal: Forbidden) -> PgWireError {
+        tracing::info!("refused: {refusal}");
+        let mut result = Err(forbidden(refusal));
+        Self::finish(scope, pending, &mut result);
+        let Err(error) = result else {
+            unreachable!("finish keeps an error an error")
+        };
+        error
     }
 
     /// Refresh the cube state and open the scope of one query.
@@ -239,7 +294,11 @@ impl QueryHandler {
                     q.data_rows = Box::pin(rows.map(move |row| {
                         // the whole entry moves into the stream: logged when it is dropped
                         let pending = &mut pending;
-                        pending.entry.rows += 1;
+                        let row = row.map_err(with_sqlstate);
+                        match &row {
+                            Ok(_) => pending.entry.rows += 1,
+                            Err(e) => pending.entry.error = Some(e.to_string()),
+                        }
                         row
                     }));
                 }
@@ -258,6 +317,9 @@ impl SimpleQueryHandler for QueryHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let (mut scope, pending) = self.begin(client, query).await;
+        if let Err(refusal) = self.check_simple(query).await {
+            return Err(self.refuse(pending, &scope, refusal));
+        }
         let mut result = QUERY
             .scope(
                 Arc::clone(&scope),
@@ -275,6 +337,7 @@ impl SimpleQueryHandler for QueryHandler {
                 )
                 .await;
         }
+        let mut result = result.map_err(with_sqlstate);
         Self::finish(&scope, pending, &mut result);
         result
     }
@@ -303,6 +366,15 @@ impl ExtendedQueryHandler for QueryHandler {
     {
         let query = &portal.statement.statement.0;
         let (mut scope, pending) = self.begin(client, query).await;
+        if let (_, Some((statement, plan))) = &portal.statement.statement {
+            let policy = self.policy();
+            let checked = policy
+                .check_statement(statement)
+                .and_then(|()| policy.check(plan));
+            if let Err(refusal) = checked {
+                return Err(self.refuse(pending, &scope, refusal));
+            }
+        }
         let mut result = QUERY
             .scope(
                 Arc::clone(&scope),
@@ -320,7 +392,7 @@ impl ExtendedQueryHandler for QueryHandler {
                 )
                 .await;
         }
-        let mut results = result.map(|r| vec![r]);
+        let mut results = result.map(|r| vec![r]).map_err(with_sqlstate);
         Self::finish(&scope, pending, &mut results);
         results.map(|mut r| r.remove(0))
     }

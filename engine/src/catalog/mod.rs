@@ -29,6 +29,8 @@ use crate::warehouse::{Table, Warehouse, WarehouseError};
 use crate::weights::WeightsTable;
 use tracecube_udfs::{Functions, SlaTable, WeightsHandle};
 
+pub mod isolation;
+
 /// Name of the catalog (the PostgreSQL database clients connect to).
 pub const CATALOG: &str = "tracecube";
 /// Schema of the system tables.
@@ -144,6 +146,20 @@ impl TableProvider for LiveTable {
             .scan(state, projection, filters, limit)
             .await
     }
+}
+
+/// The session of one connection: the settings of `shared` (then its own), Tracecube's
+/// tables, views and functions of `shared` (read-only), and the objects it creates itself,
+/// which no other connection sees.
+pub fn connection_session(shared: &SessionContext) -> SessionContext {
+    let state = shared.state();
+    let catalogs = Arc::new(isolation::ConnectionCatalogs::new(Arc::clone(
+        state.catalog_list(),
+    )));
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_catalog_list(catalogs)
+        .build();
+    SessionContext::new_with_state(state)
 }
 
 /// A session over `warehouse`: `traces`, `rejects`, `impact_weights`, the journey

@@ -1,0 +1,229 @@
+//! What a connection may do: every statement is checked, before it runs, against the
+//! connection's role and against the rule that SQL never reaches the server's files.
+//!
+//! - `reader`: queries, `SHOW`, `EXPLAIN`, `SET`;
+//! - `loader`: + `INSERT INTO traces` (and `COPY traces FROM`, when they exist);
+//! - `admin`: + writes to `impact_weights`, DDL of the connection's own objects.
+//!
+//! Nobody may drop, replace or write Tracecube's own tables, views and schemas (shared by
+//! every connection), write files (`COPY … TO`), read files or URLs through external
+//! tables, or change the server's runtime settings (`datafusion.runtime.*`: memory
+//! limit, spill directory). Refusals carry SQLSTATE `42501`.
+
+use datafusion::catalog::CatalogProviderList;
+use datafusion::common::TableReference;
+use datafusion::logical_expr::dml::WriteOp;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement};
+use datafusion::sql::sqlparser::ast;
+
+use crate::catalog::CATALOG;
+
+/// A statement the connection may not run (SQLSTATE `42501`, insufficient privilege).
+#[derive(Debug, thiserror::Error)]
+#[error("permission denied: {0}")]
+pub struct Forbidden(pub String);
+
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Reader,
+    Loader,
+    Admin,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Loader => "loader",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// The schema of unqualified names.
+const DEFAULT_SCHEMA: &str = "public";
+
+/// Checks statements of one connection.
+pub struct Policy<'a> {
+    pub role: Role,
+    /// Tracecube's own catalogs, shared by every connection.
+    pub shared: &'a dyn CatalogProviderList,
+}
+
+impl Policy<'_> {
+    /// Whether `name` is one of Tracecube's own tables or views.
+    fn is_shared(&self, name: &TableReference) -> bool {
+        let catalog = name.catalog().unwrap_or(CATALOG);
+        let schema = name.schema().unwrap_or(DEFAULT_SCHEMA);
+        self.shared
+            .catalog(catalog)
+            .and_then(|c| c.schema(schema))
+            .is_some_and(|s| s.table_exist(name.table()))
+    }
+
+    fn is_shared_schema(&self, catalog: Option<&str>, schema: &str) -> bool {
+        self.shared
+            .catalog(catalog.unwrap_or(CATALOG))
+            .is_some_and(|c| c.schema(schema).is_some())
+    }
+
+    fn requires(&self, role: Role, what: &str) -> Result<(), Forbidden> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(Forbidden(format!(
+                "{what} needs the {} role; this user is a {}",
+                role.name(),
+                self.role.name()
+            )))
+        }
+    }
+
+    /// Whether the parsed statement may run: the checks that need the SQL text (a `SET`
+    /// is answered by the server before DataFusion plans it).
+    pub fn check_statement(&self, statement: &ast::Statement) -> Result<(), Forbidden> {
+        if let ast::Statement::Set(ast::Set::SingleAssignment { variable, .. }) = statement {
+            self.check_setting(&variable.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn check_setting(&self, variable: &str) -> Result<(), Forbidden> {
+        let variable = variable.trim_matches('"').to_ascii_lowercase();
+        if variable.starts_with("datafusion.runtime.") {
+            return Err(Forbidden(format!(
+                "{variable} is a server setting: it is set in the server's configuration"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the planned statement may run.
+    pub fn check(&self, plan: &LogicalPlan) -> Result<(), Forbidden> {
+        match plan {
+            LogicalPlan::Explain(explain) => self.check(&explain.plan),
+            LogicalPlan::Analyze(analyze) => self.check(&analyze.input),
+            LogicalPlan::Copy(copy) => Err(Forbidden(format!(
+                "COPY … TO '{}' would write a file on the server: SQL never writes server files",
+                copy.output_url
+            ))),
+            LogicalPlan::Dml(dml) => {
+                let target = &dml.table_name;
+                let what = match &dml.op {
+                    WriteOp::Insert(_) => "INSERT",
+                    WriteOp::Delete => "DELETE",
+                    WriteOp::Update => "UPDATE",
+                    WriteOp::Ctas => "CREATE TABLE AS",
+                    WriteOp::Truncate => "TRUNCATE",
+                    WriteOp::MergeInto(_) => "MERGE",
+                    _ => "this write",
+                };
+                let table = target.table();
+                let shared_schema = target.schema().is_none_or(|s| s == DEFAULT_SCHEMA)
+                    && target.catalog().is_none_or(|c| c == CATALOG);
+                if !self.is_shared(target) {
+                    self.requires(Role::Admin, &format!("{what} into a table of your own"))
+                } else if shared_schema && table == "impact_weights" {
+                    self.requires(Role::Admin, &format!("{what} on impact_weights"))
+                } else if shared_schema && table == "traces" && matches!(dml.op, WriteOp::Insert(_))
+                {
+                    self.requires(Role::Loader, "INSERT INTO traces")
+                } else {
+                    Err(Forbidden(format!(
+                        "{what} on {target}: it is Tracecube's and read-only"
+                    )))
+                }
+            }
+            LogicalPlan::Ddl(ddl) => self.check_ddl(ddl),
+            LogicalPlan::Statement(Statement::SetVariable(set)) => {
+                self.check_setting(&set.variable)
+            }
+            LogicalPlan::Statement(Statement::ResetVariable(reset)) => {
+                self.check_setting(&reset.variable)
+            }
+            LogicalPlan::Statement(Statement::Prepare(prepare)) => self.check(&prepare.input),
+            // Queries read Tracecube's tables (no table function reads files), and the
+            // other statements change only the connection's own state.
+            _ => Ok(()),
+        }
+    }
+
+    fn check_ddl(&self, ddl: &DdlStatement) -> Result<(), Forbidden> {
+        let replaced = |name: &TableReference, verb: &str| {
+            if self.is_shared(name) {
+                Err(Forbidden(format!(
+                    "{name} is Tracecube's: it cannot be {verb}"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        match ddl {
+            DdlStatement::CreateExternalTable(table) => Err(Forbidden(format!(
+                "CREATE EXTERNAL TABLE {} reads '{}': SQL never reads server files or URLs \
+                 outside the warehouse",
+                table.name,
+                table.locations.join("', '")
+            ))),
+            DdlStatement::CreateMemoryTable(t) => {
+                self.requires(Role::Admin, "CREATE TABLE")?;
+                replaced(&t.name, "replaced")
+            }
+            DdlStatement::CreateView(v) => {
+                self.requires(Role::Admin, "CREATE VIEW")?;
+                replaced(&v.name, "replaced")
+            }
+            DdlStatement::DropTable(t) => {
+                self.requires(Role::Admin, "DROP TABLE")?;
+                replaced(&t.name, "dropped")
+            }
+            DdlStatement::DropView(v) => {
+                self.requires(Role::Admin, "DROP VIEW")?;
+                replaced(&v.name, "dropped")
+            }
+            DdlStatement::CreateCatalogSchema(s) => {
+                self.requires(Role::Admin, "CREATE SCHEMA")?;
+                let (catalog, schema) = match s.schema_name.split_once('.') {
+                    Some((c, s)) => (Some(c), s),
+                    None => (None, s.schema_name.as_str()),
+                };
+                if self.is_shared_schema(catalog, schema) {
+                    return Err(Forbidden(format!(
+                        "schema {} is Tracecube's: it cannot be replaced",
+                        s.schema_name
+                    )));
+                }
+                Ok(())
+            }
+            DdlStatement::DropCatalogSchema(s) => {
+                self.requires(Role::Admin, "DROP SCHEMA")?;
+                let (catalog, schema) = match &s.name {
+                    datafusion::common::SchemaReference::Bare { schema } => (None, schema),
+                    datafusion::common::SchemaReference::Full { catalog, schema } => {
+                        (Some(catalog.as_ref()), schema)
+                    }
+                };
+                if self.is_shared_schema(catalog, schema) {
+                    return Err(Forbidden(format!(
+                        "schema {schema} is Tracecube's: it cannot be dropped"
+                    )));
+                }
+                Ok(())
+            }
+            DdlStatement::CreateCatalog(c) => {
+                self.requires(Role::Admin, "CREATE DATABASE")?;
+                if self.shared.catalog(&c.catalog_name).is_some() {
+                    return Err(Forbidden(format!(
+                        "database {} is Tracecube's: it cannot be replaced",
+                        c.catalog_name
+                    )));
+                }
+                Ok(())
+            }
+            DdlStatement::CreateIndex(_)
+            | DdlStatement::CreateFunction(_)
+            | DdlStatement::DropFunction(_) => self.requires(Role::Admin, "this statement"),
+        }
+    }
+}
