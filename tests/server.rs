@@ -311,6 +311,17 @@ async fn no_sql_touches_server_files_or_tracecube_objects_and_connections_are_is
     assert_eq!(ok(&a, batch).await, [["123"]]);
     assert_eq!(ok(&b, batch).await, before);
 
+    // The server says what it is as PostgreSQL does.
+    let version = ok(&a, "SELECT version()").await;
+    assert!(version[0][0].starts_with("PostgreSQL 16."), "{version:?}");
+    assert!(version[0][0].contains("Tracecube"), "{version:?}");
+    let who = "SELECT current_user AS u, session_user AS s, current_database() AS d";
+    assert_eq!(ok(&a, who).await, [["tracecube", "tracecube", "tracecube"]]);
+    assert_eq!(ok(&a, "SHOW server_version").await, [["16.6"]]);
+    assert_eq!(ok(&a, "SHOW server_version_num").await, [["160006"]]);
+    let row = a.query_one("SHOW server_version", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "16.6");
+
     // Errors carry the class of PostgreSQL's.
     for (sql, code) in [
         ("SELEC 1", "42601"),

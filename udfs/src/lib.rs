@@ -11,6 +11,7 @@ pub mod drilldown;
 pub mod impact;
 pub mod kpi;
 pub mod path;
+pub mod session;
 
 mod docs;
 mod text;

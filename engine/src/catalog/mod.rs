@@ -235,5 +235,6 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
     ctx.register_table("rejects", visible.into_view())?;
 
     setup_pg_catalog(&ctx, CATALOG, EmptyContextProvider).map_err(WarehouseError::Session)?;
+    ctx.register_udf(tracecube_udfs::session::version());
     Ok(ctx)
 }

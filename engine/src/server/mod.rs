@@ -42,9 +42,11 @@ impl NoopStartupHandler for LoopbackOnly {
     }
 }
 
-/// Refuses a start-up that is not from loopback as `tracecube`, before authentication ends.
+/// Refuses a start-up that is not from loopback as `tracecube`, before authentication ends;
+/// tells the connection's session who is connected.
 struct StartupCheck {
-    inner: LoopbackOnly,
+    inner: Arc<LoopbackOnly>,
+    session: Arc<SessionContext>,
 }
 
 fn fatal(code: &str, message: String) -> PgWireError {
@@ -89,6 +91,9 @@ impl StartupHandler for StartupCheck {
                         "role \"{user}\" does not exist: with no users configured, connect as \"{DEFAULT_USER}\""
                     ),
                 ));
+            }
+            for f in tracecube_udfs::session::user_functions(user) {
+                self.session.register_udf(f);
             }
         }
         self.inner.on_startup(client, message).await
@@ -165,17 +170,20 @@ impl Server {
             ));
         };
         let shared = Arc::clone(ctx.state().catalog_list());
-        let startup = Arc::new(StartupCheck {
-            inner: LoopbackOnly {
-                connections: connections.clone(),
-            },
+        let loopback = Arc::new(LoopbackOnly {
+            connections: connections.clone(),
         });
         let cancel = Arc::new(DefaultCancelHandler::new(connections));
         // Each connection gets its own session (settings, its own objects) over the shared
         // catalog; with no users configured, every client is the admin `tracecube`.
         let handlers = move || {
+            let ctx = Arc::new(catalog::connection_session(&ctx));
+            let startup = Arc::new(StartupCheck {
+                inner: Arc::clone(&loopback),
+                session: Arc::clone(&ctx),
+            });
             let session = QueryHandler::new(
-                Arc::new(catalog::connection_session(&ctx)),
+                ctx,
                 Arc::clone(&shared),
                 Role::Admin,
                 Arc::clone(&cubes),
@@ -183,7 +191,7 @@ impl Server {
             );
             Arc::new(Handlers {
                 session: Arc::new(session),
-                startup: Arc::clone(&startup),
+                startup,
                 cancel: Arc::clone(&cancel),
             })
         };

@@ -486,16 +486,38 @@ impl UseCubesHook {
                     .get(USE_CUBES)
                     .cloned()
                     .unwrap_or_else(|| "on".into());
-                Some(show_response(&value).map(Response::Query))
+                Some(show_response(USE_CUBES, &value).map(Response::Query))
+            }
+            Statement::ShowVariable { variable } => {
+                let (name, value) = server_setting(variable)?;
+                Some(show_response(name, &value).map(Response::Query))
             }
             _ => None,
         }
     }
 }
 
-fn show_response(value: &str) -> PgWireResult<QueryResponse> {
+/// `SHOW` of the server's identity: the PostgreSQL version clients compare against.
+fn server_setting(
+    variable: &[datafusion::sql::sqlparser::ast::Ident],
+) -> Option<(&'static str, String)> {
+    let [name] = variable else { return None };
+    let version = tracecube_udfs::session::POSTGRES_VERSION;
+    match name.value.to_ascii_lowercase().as_str() {
+        "server_version" => Some(("server_version", version.to_string())),
+        "server_version_num" => {
+            let (major, minor) = version.split_once('.').unwrap_or((version, "0"));
+            let num =
+                major.parse::<u32>().unwrap_or(0) * 10_000 + minor.parse::<u32>().unwrap_or(0);
+            Some(("server_version_num", num.to_string()))
+        }
+        _ => None,
+    }
+}
+
+fn show_response(name: &str, value: &str) -> PgWireResult<QueryResponse> {
     let fields = Arc::new(vec![FieldInfo::new(
-        USE_CUBES.to_string(),
+        name.to_string(),
         None,
         None,
         Type::TEXT,
@@ -533,6 +555,10 @@ impl QueryHook for UseCubesHook {
             }
             Statement::ShowVariable { variable } if shows_use_cubes(variable) => {
                 vec![Field::new(USE_CUBES, DataType::Utf8, false)]
+            }
+            Statement::ShowVariable { variable } => {
+                let (name, _) = server_setting(variable)?;
+                vec![Field::new(name, DataType::Utf8, false)]
             }
             _ => return None,
         };
