@@ -335,3 +335,34 @@ async fn no_sql_touches_server_files_or_tracecube_objects_and_connections_are_is
     drop((a, b));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_are_refused_with_53300() {
+    let wh = TestWarehouse::new().await;
+    let mut config = wh.config();
+    config.max_connections = 2;
+    let server = TestServer::start(config).await;
+    let (a, b) = (server.connect().await, server.connect().await);
+    let Err(e) = server.connect_as("tracecube").await else {
+        panic!("a third connection was accepted with max_connections = 2");
+    };
+    let code = e.as_db_error().map(|d| d.code().code().to_string());
+    assert_eq!(code.as_deref(), Some("53300"), "{e:?}");
+    // The others are served as before; a closed connection frees its place.
+    assert_eq!(ok(&a, "SELECT 1").await, [["1"]]);
+    drop(b);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let c = loop {
+        match server.connect_as("tracecube").await {
+            Ok(c) => break c,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no place freed after a connection closed: {e:?}"),
+        }
+    };
+    assert_eq!(ok(&c, "SELECT 1").await, [["1"]]);
+    drop((a, c));
+    server.stop().await;
+}

@@ -23,7 +23,9 @@ pub async fn prepare_server(
 ) -> Result<(Server, SessionContext), AppError> {
     let started = Instant::now();
     let listen: SocketAddr = config.listen.parse()?;
-    let server = Server::bind(listen).await?;
+    let server = Server::bind(listen)
+        .await?
+        .with_max_connections(config.max_connections);
     let demo = config.demo;
     let warehouse = Warehouse::open(config).await?;
     tracing::info!("warehouse at {}", warehouse.root());

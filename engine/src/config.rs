@@ -54,6 +54,8 @@ pub struct Config {
     /// Memory the server may use to hold cubes as Arrow batches (smallest cubes first);
     /// the others are read from their Parquet files.
     pub cube_memory_mb: u64,
+    /// Most client connections served at once; one more is refused with SQLSTATE 53300.
+    pub max_connections: usize,
 }
 
 /// One cube: its dimensions (columns of `traces`, `path_prefix(<path column>, <level>)` or
@@ -222,6 +224,7 @@ impl Default for Config {
             journey_gap: "7 days".into(),
             cubes: default_cubes(),
             cube_memory_mb: 1024,
+            max_connections: 100,
         }
     }
 }
@@ -283,6 +286,7 @@ impl Config {
                 }
                 "DEFAULT_HOURLY_COST" => self.default_hourly_cost = number(&value)?,
                 "CUBE_MEMORY_MB" => self.cube_memory_mb = number(&value)? as u64,
+                "MAX_CONNECTIONS" => self.max_connections = number(&value)? as usize,
                 "JOURNEY_GAP" => self.journey_gap = value,
                 "CUBES_ALL" if matches!(value.trim(), "off" | "none") => self.cubes.clear(),
                 _ => {

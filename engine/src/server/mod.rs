@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
@@ -47,6 +48,8 @@ impl NoopStartupHandler for LoopbackOnly {
 struct StartupCheck {
     inner: Arc<LoopbackOnly>,
     session: Arc<SessionContext>,
+    /// Set when accepting this connection went past `max_connections`.
+    too_many: Option<usize>,
 }
 
 fn fatal(code: &str, message: String) -> PgWireError {
@@ -70,6 +73,12 @@ impl StartupHandler for StartupCheck {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let PgWireFrontendMessage::Startup(startup) = &message {
+            if let Some(max) = self.too_many {
+                return Err(fatal(
+                    "53300",
+                    format!("sorry, too many clients already (max_connections = {max})"),
+                ));
+            }
             if !client.socket_addr().ip().is_loopback() {
                 return Err(fatal(
                     "28000",
@@ -128,9 +137,33 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
+/// One open connection, counted while it lives.
+struct Open {
+    active: Arc<AtomicUsize>,
+    /// Connections open with this one.
+    count: usize,
+}
+
+impl Open {
+    fn new(active: &Arc<AtomicUsize>) -> Self {
+        let count = active.fetch_add(1, Ordering::SeqCst) + 1;
+        Open {
+            active: Arc::clone(active),
+            count,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A bound PostgreSQL listener, not yet accepting.
 pub struct Server {
     listener: TcpListener,
+    max_connections: usize,
 }
 
 impl Server {
@@ -144,7 +177,16 @@ impl Server {
                 ),
             )
         })?;
-        Ok(Server { listener })
+        Ok(Server {
+            listener,
+            max_connections: 100,
+        })
+    }
+
+    /// Serve at most `max` connections at once.
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
     }
 
     /// The address actually bound.
@@ -176,11 +218,12 @@ impl Server {
         let cancel = Arc::new(DefaultCancelHandler::new(connections));
         // Each connection gets its own session (settings, its own objects) over the shared
         // catalog; with no users configured, every client is the admin `tracecube`.
-        let handlers = move || {
+        let handlers = move |too_many: Option<usize>| {
             let ctx = Arc::new(catalog::connection_session(&ctx));
             let startup = Arc::new(StartupCheck {
                 inner: Arc::clone(&loopback),
                 session: Arc::clone(&ctx),
+                too_many,
             });
             let session = QueryHandler::new(
                 ctx,
@@ -195,6 +238,7 @@ impl Server {
                 cancel: Arc::clone(&cancel),
             })
         };
+        let active = Arc::new(AtomicUsize::new(0));
         let mut sessions = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -202,8 +246,11 @@ impl Server {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((socket, peer)) => {
-                        let handlers = handlers();
+                        let open = Open::new(&active);
+                        let over = (open.count > self.max_connections).then_some(self.max_connections);
+                        let handlers = handlers(over);
                         sessions.spawn(async move {
+                            let _open = open;
                             if let Err(e) = process_socket(socket, None, handlers).await {
                                 tracing::debug!("session from {peer} ended with an error: {e}");
                             }
