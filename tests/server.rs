@@ -262,6 +262,28 @@ async fn no_sql_touches_server_files_or_tracecube_objects_and_connections_are_is
         sqlstate(&a, "SET datafusion.runtime.temp_directory = '/tmp'").await,
         "42501"
     );
+    let quoted = "SET \"datafusion\".\"runtime\".\"memory_limit\" = '1K'";
+    let e = a.query(quoted, &[]).await.unwrap_err();
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("42501"),
+        "{e:?}"
+    );
+    // Each statement of a simple query is checked just before it runs, over what the
+    // statements before it did, and one that does not plan does not run.
+    let batch = format!(
+        "CREATE TABLE staged AS SELECT 'x' AS a; COPY staged TO '{}'",
+        target.display()
+    );
+    assert_eq!(sqlstate(&a, &batch).await, "42501");
+    ok(&a, "SET datafusion.sql_parser.recursion_limit = 3").await;
+    let batch = format!(
+        "SET datafusion.sql_parser.recursion_limit = 50; \
+         COPY (SELECT ((((((('x'))))))) AS a) TO '{}'",
+        target.display()
+    );
+    assert_eq!(sqlstate(&a, &batch).await, "42501");
+    assert!(!target.exists());
 
     // Tracecube's tables, views and schemas: read-only for everyone, over both protocols.
     let traces = ok(&b, "SELECT count(*) FROM traces").await;

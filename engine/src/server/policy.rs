@@ -90,7 +90,8 @@ impl Policy<'_> {
     }
 
     fn check_setting(&self, variable: &str) -> Result<(), Forbidden> {
-        let variable = variable.trim_matches('"').to_ascii_lowercase();
+        // `"datafusion"."runtime"."x"` names the same setting as `datafusion.runtime.x`.
+        let variable = variable.replace('"', "").to_ascii_lowercase();
         if variable.starts_with("datafusion.runtime.") {
             return Err(Forbidden(format!(
                 "{variable} is a server setting: it is set in the server's configuration"

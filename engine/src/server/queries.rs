@@ -31,7 +31,7 @@ use datafusion_postgres::{DfSessionService, QueryHook};
 use futures::{Sink, StreamExt};
 
 use super::errors::{forbidden, with_sqlstate};
-use super::policy::{Forbidden, Policy, Role};
+use super::policy::{Policy, Role};
 use crate::cubes::registry::CubeRegistry;
 use crate::cubes::rewrite::{QUERY, QueryScope};
 use crate::schema::timestamp_type;
@@ -218,27 +218,78 @@ impl QueryHandler {
         }
     }
 
-    /// Check every statement of `query` before any of it runs: each is planned as the
-    /// session will plan it (a statement that does not plan fails the same way later).
-    async fn check_simple(&self, query: &str) -> Result<(), Forbidden> {
-        let Ok(statements) = self.parser.parse(query) else {
-            return Ok(());
-        };
+    /// Check one statement just before it runs (so that it is planned over what the
+    /// statements before it did): refused, or failing to plan, it does not run.
+    async fn check(&self, statement: &Statement) -> Result<(), PgWireError> {
         let policy = self.policy();
-        for statement in statements {
-            policy.check_statement(&statement)?;
-            let state = self.ctx.state();
-            if let Ok(plan) = state.create_logical_plan(&statement.to_string()).await {
-                policy.check(&plan)?;
+        policy.check_statement(statement).map_err(forbidden)?;
+        let state = self.ctx.state();
+        // A cursor runs its query.
+        let planned = match statement {
+            Statement::Declare { stmts } => {
+                for query in stmts.iter().filter_map(|d| d.for_query.as_ref()) {
+                    let plan = state
+                        .create_logical_plan(&query.to_string())
+                        .await
+                        .map_err(|e| with_sqlstate(PgWireError::ApiError(Box::new(e))))?;
+                    policy.check(&plan).map_err(forbidden)?;
+                }
+                return Ok(());
             }
+            s => state.create_logical_plan(&s.to_string()).await,
+        };
+        match planned {
+            Ok(plan) => policy.check(&plan).map_err(forbidden),
+            // Statements the server answers itself, without DataFusion's planner.
+            Err(_) if answered_by_hooks(statement) => Ok(()),
+            Err(e) => Err(with_sqlstate(PgWireError::ApiError(Box::new(e)))),
         }
-        Ok(())
     }
 
-    /// A refused statement: logged, and answered with SQLSTATE 42501.
-    fn refuse(&self, pending: Pending, scope: &QueryScope, refusal: Forbidden) -> PgWireError {
-        tracing::info!("refused: {refusal}");
-        let mut result = Err(forbidden(refusal));
+    /// One statement of a simple query: checked, run (again from `traces` if its cube
+    /// plan failed), logged.
+    async fn run_simple<C>(
+        &self,
+        client: &mut C,
+        statement: &Statement,
+    ) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let query = statement.to_string();
+        let (mut scope, pending) = self.begin(client, &query).await;
+        if let Err(error) = self.check(statement).await {
+            return Err(self.refuse(pending, &scope, error));
+        }
+        let mut result = QUERY
+            .scope(
+                Arc::clone(&scope),
+                SimpleQueryHandler::do_query(self.inner.as_ref(), client, &query),
+            )
+            .await;
+        if let Err(e) = &result
+            && let Some(raw) = raw_retry(&scope, &query, e)
+        {
+            scope = raw;
+            result = QUERY
+                .scope(
+                    Arc::clone(&scope),
+                    SimpleQueryHandler::do_query(self.inner.as_ref(), client, &query),
+                )
+                .await;
+        }
+        let mut result = result.map_err(with_sqlstate);
+        Self::finish(&scope, pending, &mut result);
+        result
+    }
+
+    /// A statement that does not run: logged, and answered with `error`.
+    fn refuse(&self, pending: Pending, scope: &QueryScope, error: PgWireError) -> PgWireError {
+        tracing::info!("not run: {error}");
+        let mut result = Err(error);
         Self::finish(scope, pending, &mut result);
         let Err(error) = result else {
             unreachable!("finish keeps an error an error")
@@ -316,30 +367,19 @@ impl SimpleQueryHandler for QueryHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let (mut scope, pending) = self.begin(client, query).await;
-        if let Err(refusal) = self.check_simple(query).await {
-            return Err(self.refuse(pending, &scope, refusal));
+        let statements = self
+            .parser
+            .parse(query)
+            .map_err(|e| with_sqlstate(PgWireError::ApiError(Box::new(e))))?;
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
         }
-        let mut result = QUERY
-            .scope(
-                Arc::clone(&scope),
-                SimpleQueryHandler::do_query(self.inner.as_ref(), client, query),
-            )
-            .await;
-        if let Err(e) = &result
-            && let Some(raw) = raw_retry(&scope, query, e)
-        {
-            scope = raw;
-            result = QUERY
-                .scope(
-                    Arc::clone(&scope),
-                    SimpleQueryHandler::do_query(self.inner.as_ref(), client, query),
-                )
-                .await;
+        // One statement after the other, each checked just before it runs.
+        let mut responses = Vec::with_capacity(statements.len());
+        for statement in &statements {
+            responses.extend(self.run_simple(client, statement).await?);
         }
-        let mut result = result.map_err(with_sqlstate);
-        Self::finish(&scope, pending, &mut result);
-        result
+        Ok(responses)
     }
 }
 
@@ -372,7 +412,7 @@ impl ExtendedQueryHandler for QueryHandler {
                 .check_statement(statement)
                 .and_then(|()| policy.check(plan));
             if let Err(refusal) = checked {
-                return Err(self.refuse(pending, &scope, refusal));
+                return Err(self.refuse(pending, &scope, forbidden(refusal)));
             }
         }
         let mut result = QUERY
@@ -432,6 +472,25 @@ fn raw_retry(scope: &QueryScope, query: &str, error: &PgWireError) -> Option<Arc
     let raw = QueryScope::new(false);
     QueryScope::note(&raw.misses, reason);
     Some(raw)
+}
+
+/// Statements the query hooks answer (settings, transactions, cursors): DataFusion does
+/// not plan all of them.
+fn answered_by_hooks(statement: &Statement) -> bool {
+    matches!(
+        statement,
+        Statement::Set(_)
+            | Statement::ShowVariable { .. }
+            | Statement::ShowStatus { .. }
+            | Statement::ShowCatalogs { .. }
+            | Statement::StartTransaction { .. }
+            | Statement::Commit { .. }
+            | Statement::Rollback { .. }
+            | Statement::Fetch { .. }
+            | Statement::Close { .. }
+            | Statement::Deallocate { .. }
+            | Statement::Discard { .. }
+    )
 }
 
 /// `SET tracecube.use_cubes = on|off`, `RESET tracecube.use_cubes` and
