@@ -298,6 +298,9 @@ impl WeightsTable {
     }
 }
 
+/// The schema of the stored weights, for the sinks that write them.
+static STORED_SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(weights_schema);
+
 /// A `DELETE` or an `UPDATE` of the weights.
 #[derive(Debug)]
 enum Change {
@@ -346,8 +349,7 @@ fn matching(rows: &RecordBatch, predicates: &[Arc<dyn PhysicalExpr>]) -> Result<
 #[async_trait]
 impl DataSink for WeightsChange {
     fn schema(&self) -> &SchemaRef {
-        static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(weights_schema);
-        &SCHEMA
+        &STORED_SCHEMA
     }
 
     async fn write_all(
@@ -398,8 +400,7 @@ impl DisplayAs for WeightsSink {
 #[async_trait]
 impl DataSink for WeightsSink {
     fn schema(&self) -> &SchemaRef {
-        static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(weights_schema);
-        &SCHEMA
+        &STORED_SCHEMA
     }
 
     async fn write_all(
