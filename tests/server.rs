@@ -344,6 +344,18 @@ async fn no_sql_touches_server_files_or_tracecube_objects_and_connections_are_is
     let row = a.query_one("SHOW server_version", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "16.6");
 
+    // Several statements in one prepared statement are refused, none of them runs.
+    let e = a
+        .query("CREATE VIEW two AS SELECT 1 AS x; SELECT 2", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("42601"),
+        "{e:?}"
+    );
+    assert_eq!(sqlstate(&a, "SELECT * FROM two").await, "42P01");
+
     // Errors carry the class of PostgreSQL's.
     for (sql, code) in [
         ("SELEC 1", "42601"),

@@ -18,11 +18,12 @@ use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{Set, SetExpr, Statement};
 use datafusion_postgres::hooks::HookClient;
-use datafusion_postgres::pgwire::api::portal::Portal;
+use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use datafusion_postgres::pgwire::api::results::{
     DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag,
 };
+use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::store::PortalStore;
 use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, Type};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
@@ -386,10 +387,10 @@ impl SimpleQueryHandler for QueryHandler {
 #[async_trait]
 impl ExtendedQueryHandler for QueryHandler {
     type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
-    type QueryParser = <DfSessionService as ExtendedQueryHandler>::QueryParser;
+    type QueryParser = OneStatement;
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
-        self.inner.query_parser()
+        Arc::new(OneStatement(self.inner.query_parser()))
     }
 
     async fn do_query<C>(
@@ -472,6 +473,52 @@ fn raw_retry(scope: &QueryScope, query: &str, error: &PgWireError) -> Option<Arc
     let raw = QueryScope::new(false);
     QueryScope::note(&raw.misses, reason);
     Some(raw)
+}
+
+/// `datafusion-postgres`'s parser of prepared statements, refusing several statements in
+/// one (as PostgreSQL does, `42601`) instead of running only the first.
+pub struct OneStatement(Arc<<DfSessionService as ExtendedQueryHandler>::QueryParser>);
+
+#[async_trait]
+impl QueryParser for OneStatement {
+    type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let count = PostgresCompatibilityParser::new()
+            .parse(sql)
+            .map_or(0, |s| s.len());
+        if count > 1 {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                "42601".into(),
+                "cannot insert multiple commands into a prepared statement".into(),
+            ))));
+        }
+        self.0
+            .parse_sql(client, sql, types)
+            .await
+            .map_err(with_sqlstate)
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        self.0.get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        self.0.get_result_schema(stmt, column_format)
+    }
 }
 
 /// Statements the query hooks answer (settings, transactions, cursors): DataFusion does
