@@ -239,8 +239,7 @@ impl TableProvider for WeightsTable {
                 "impact_weights supports INSERT INTO … VALUES/SELECT only, not {insert_op}"
             );
         }
-        let sink = WeightsSink(Arc::clone(&self.0));
-        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+        Ok(self.change(Change::Insert, input))
     }
 
     async fn delete_from(
@@ -249,7 +248,7 @@ impl TableProvider for WeightsTable {
         filters: Vec<Expr>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let predicates = Self::predicates(state, &filters)?;
-        Ok(self.change(Change::Delete { predicates }))
+        Ok(self.change(Change::Delete { predicates }, nothing()))
     }
 
     async fn update(
@@ -272,7 +271,7 @@ impl TableProvider for WeightsTable {
                 Ok((index, state.create_physical_expr(expr, &df_schema)?))
             })
             .collect::<Result<_>>()?;
-        Ok(self.change(Change::Update { predicates, values }))
+        Ok(self.change(Change::Update { predicates, values }, nothing()))
     }
 }
 
@@ -286,24 +285,30 @@ impl WeightsTable {
             .collect()
     }
 
-    /// A plan that applies `change` when it is executed, not before: planning (and so
-    /// `EXPLAIN`) changes nothing.
-    fn change(&self, change: Change) -> Arc<dyn ExecutionPlan> {
+    /// A plan that applies `change` (with the rows of `input` for an `INSERT`) when it
+    /// is executed, not before: planning (and so `EXPLAIN`) changes nothing.
+    fn change(&self, change: Change, input: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
         let sink = WeightsChange {
             state: Arc::clone(&self.0),
             change,
         };
-        let nothing = Arc::new(EmptyExec::new(weights_schema()));
-        Arc::new(DataSinkExec::new(nothing, Arc::new(sink), None))
+        Arc::new(DataSinkExec::new(input, Arc::new(sink), None))
     }
 }
 
 /// The schema of the stored weights, for the sinks that write them.
 static STORED_SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(weights_schema);
 
-/// A `DELETE` or an `UPDATE` of the weights.
+/// The input of a `DELETE` or an `UPDATE`: no rows.
+fn nothing() -> Arc<dyn ExecutionPlan> {
+    Arc::new(EmptyExec::new(weights_schema()))
+}
+
+/// An `INSERT`, a `DELETE` or an `UPDATE` of the weights.
 #[derive(Debug)]
 enum Change {
+    /// Appends the input rows.
+    Insert,
     Delete {
         predicates: Vec<Arc<dyn PhysicalExpr>>,
     },
@@ -324,6 +329,7 @@ struct WeightsChange {
 impl DisplayAs for WeightsChange {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         match &self.change {
+            Change::Insert => write!(f, "ImpactWeightsInsert"),
             Change::Delete { .. } => write!(f, "ImpactWeightsDelete"),
             Change::Update { .. } => write!(f, "ImpactWeightsUpdate"),
         }
@@ -357,11 +363,19 @@ impl DataSink for WeightsChange {
         mut data: SendableRecordBatchStream,
         _context: &Arc<TaskContext>,
     ) -> Result<u64> {
-        while let Some(batch) = data.next().await {
-            batch?;
-        }
         let mut rows = self.state.rows.lock().await;
         let (count, next) = match &self.change {
+            Change::Insert => {
+                let mut batches = vec![rows.clone()];
+                let mut inserted = 0;
+                while let Some(batch) = data.next().await {
+                    let batch = batch?;
+                    inserted += batch.num_rows() as u64;
+                    batches.push(as_stored(&batch)?);
+                }
+                let next = datafusion::arrow::compute::concat_batches(&STORED_SCHEMA, &batches)?;
+                (inserted, next)
+            }
             Change::Delete { predicates } => {
                 let selected = matching(&rows, predicates)?;
                 let kept =
@@ -384,40 +398,5 @@ impl DataSink for WeightsChange {
             self.state.commit(&mut rows, next).await?;
         }
         Ok(count)
-    }
-}
-
-/// Appends the rows of an `INSERT` to the committed ones, in one commit.
-#[derive(Debug)]
-struct WeightsSink(Arc<WeightsState>);
-
-impl DisplayAs for WeightsSink {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "ImpactWeightsSink")
-    }
-}
-
-#[async_trait]
-impl DataSink for WeightsSink {
-    fn schema(&self) -> &SchemaRef {
-        &STORED_SCHEMA
-    }
-
-    async fn write_all(
-        &self,
-        mut data: SendableRecordBatchStream,
-        _context: &Arc<TaskContext>,
-    ) -> Result<u64> {
-        let mut rows = self.0.rows.lock().await;
-        let mut batches = vec![rows.clone()];
-        let mut inserted = 0;
-        while let Some(batch) = data.next().await {
-            let batch = batch?;
-            inserted += batch.num_rows() as u64;
-            batches.push(as_stored(&batch)?);
-        }
-        let next = datafusion::arrow::compute::concat_batches(&weights_schema(), &batches)?;
-        self.0.commit(&mut rows, next).await?;
-        Ok(inserted)
     }
 }

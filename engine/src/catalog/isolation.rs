@@ -20,6 +20,16 @@ fn forbidden(what: String) -> DataFusionError {
     DataFusionError::External(Box::new(Forbidden(what)))
 }
 
+/// The shared names, then the connection's own (a shared name is never shadowed).
+fn union(mut shared: Vec<String>, own: Vec<String>) -> Vec<String> {
+    for name in own {
+        if !shared.contains(&name) {
+            shared.push(name);
+        }
+    }
+    shared
+}
+
 /// The catalogs of one connection over the shared ones.
 #[derive(Debug)]
 pub struct ConnectionCatalogs {
@@ -64,13 +74,14 @@ impl CatalogProviderList for ConnectionCatalogs {
     }
 
     fn catalog_names(&self) -> Vec<String> {
-        let mut names = self.shared.catalog_names();
-        for name in self.own.read().expect("catalog lock").keys() {
-            if !names.contains(name) {
-                names.push(name.clone());
-            }
-        }
-        names
+        let own = self
+            .own
+            .read()
+            .expect("catalog lock")
+            .keys()
+            .cloned()
+            .collect();
+        union(self.shared.catalog_names(), own)
     }
 
     fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
@@ -115,13 +126,7 @@ impl ConnectionCatalog {
 
 impl CatalogProvider for ConnectionCatalog {
     fn schema_names(&self) -> Vec<String> {
-        let mut names = self.shared.schema_names();
-        for name in self.own.schema_names() {
-            if !names.contains(&name) {
-                names.push(name);
-            }
-        }
-        names
+        union(self.shared.schema_names(), self.own.schema_names())
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
@@ -170,13 +175,7 @@ struct ConnectionSchema {
 #[async_trait]
 impl SchemaProvider for ConnectionSchema {
     fn table_names(&self) -> Vec<String> {
-        let mut names = self.shared.table_names();
-        for name in self.own.table_names() {
-            if !names.contains(&name) {
-                names.push(name);
-            }
-        }
-        names
+        union(self.shared.table_names(), self.own.table_names())
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {

@@ -150,16 +150,19 @@ impl Policy<'_> {
         }
     }
 
+    /// DDL that an admin may run on the connection's own tables and views, never on
+    /// Tracecube's.
+    fn own_object(&self, what: &str, name: &TableReference, verb: &str) -> Result<(), Forbidden> {
+        self.requires(Role::Admin, what)?;
+        if self.is_shared(name) {
+            return Err(Forbidden(format!(
+                "{name} is Tracecube's: it cannot be {verb}"
+            )));
+        }
+        Ok(())
+    }
+
     fn check_ddl(&self, ddl: &DdlStatement) -> Result<(), Forbidden> {
-        let replaced = |name: &TableReference, verb: &str| {
-            if self.is_shared(name) {
-                Err(Forbidden(format!(
-                    "{name} is Tracecube's: it cannot be {verb}"
-                )))
-            } else {
-                Ok(())
-            }
-        };
         match ddl {
             DdlStatement::CreateExternalTable(table) => Err(Forbidden(format!(
                 "CREATE EXTERNAL TABLE {} reads '{}': SQL never reads server files or URLs \
@@ -168,21 +171,11 @@ impl Policy<'_> {
                 table.locations.join("', '")
             ))),
             DdlStatement::CreateMemoryTable(t) => {
-                self.requires(Role::Admin, "CREATE TABLE")?;
-                replaced(&t.name, "replaced")
+                self.own_object("CREATE TABLE", &t.name, "replaced")
             }
-            DdlStatement::CreateView(v) => {
-                self.requires(Role::Admin, "CREATE VIEW")?;
-                replaced(&v.name, "replaced")
-            }
-            DdlStatement::DropTable(t) => {
-                self.requires(Role::Admin, "DROP TABLE")?;
-                replaced(&t.name, "dropped")
-            }
-            DdlStatement::DropView(v) => {
-                self.requires(Role::Admin, "DROP VIEW")?;
-                replaced(&v.name, "dropped")
-            }
+            DdlStatement::CreateView(v) => self.own_object("CREATE VIEW", &v.name, "replaced"),
+            DdlStatement::DropTable(t) => self.own_object("DROP TABLE", &t.name, "dropped"),
+            DdlStatement::DropView(v) => self.own_object("DROP VIEW", &v.name, "dropped"),
             DdlStatement::CreateCatalogSchema(s) => {
                 self.requires(Role::Admin, "CREATE SCHEMA")?;
                 let (catalog, schema) = match s.schema_name.split_once('.') {

@@ -184,6 +184,8 @@ pub struct QueryHandler {
     shared: Arc<dyn CatalogProviderList>,
     role: Role,
     parser: PostgresCompatibilityParser,
+    /// The parser of prepared statements.
+    prepared: Arc<OneStatement>,
 }
 
 impl QueryHandler {
@@ -201,14 +203,20 @@ impl QueryHandler {
             Arc::new(datafusion_postgres::hooks::set_show::SetShowHook),
             Arc::new(datafusion_postgres::hooks::transactions::TransactionStatementHook),
         ];
+        let inner = Arc::new(DfSessionService::new_with_hooks(Arc::clone(&ctx), hooks));
+        let prepared = Arc::new(OneStatement {
+            inner: inner.query_parser(),
+            parser: PostgresCompatibilityParser::new(),
+        });
         QueryHandler {
-            inner: Arc::new(DfSessionService::new_with_hooks(Arc::clone(&ctx), hooks)),
+            inner,
             ctx,
             cubes,
             log,
             shared,
             role,
             parser: PostgresCompatibilityParser::new(),
+            prepared,
         }
     }
 
@@ -390,7 +398,7 @@ impl ExtendedQueryHandler for QueryHandler {
     type QueryParser = OneStatement;
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
-        Arc::new(OneStatement(self.inner.query_parser()))
+        Arc::clone(&self.prepared)
     }
 
     async fn do_query<C>(
@@ -477,7 +485,10 @@ fn raw_retry(scope: &QueryScope, query: &str, error: &PgWireError) -> Option<Arc
 
 /// `datafusion-postgres`'s parser of prepared statements, refusing several statements in
 /// one (as PostgreSQL does, `42601`) instead of running only the first.
-pub struct OneStatement(Arc<<DfSessionService as ExtendedQueryHandler>::QueryParser>);
+pub struct OneStatement {
+    inner: Arc<<DfSessionService as ExtendedQueryHandler>::QueryParser>,
+    parser: PostgresCompatibilityParser,
+}
 
 #[async_trait]
 impl QueryParser for OneStatement {
@@ -492,9 +503,7 @@ impl QueryParser for OneStatement {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let count = PostgresCompatibilityParser::new()
-            .parse(sql)
-            .map_or(0, |s| s.len());
+        let count = self.parser.parse(sql).map_or(0, |s| s.len());
         if count > 1 {
             return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
                 "ERROR".into(),
@@ -502,14 +511,14 @@ impl QueryParser for OneStatement {
                 "cannot insert multiple commands into a prepared statement".into(),
             ))));
         }
-        self.0
+        self.inner
             .parse_sql(client, sql, types)
             .await
             .map_err(with_sqlstate)
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
-        self.0.get_parameter_types(stmt)
+        self.inner.get_parameter_types(stmt)
     }
 
     fn get_result_schema(
@@ -517,7 +526,7 @@ impl QueryParser for OneStatement {
         stmt: &Self::Statement,
         column_format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        self.0.get_result_schema(stmt, column_format)
+        self.inner.get_result_schema(stmt, column_format)
     }
 }
 
