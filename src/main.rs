@@ -8,6 +8,7 @@ use tracecube_datasets::GenOptions;
 use tracecube_engine::Config;
 use tracecube_engine::load::source::Format;
 use tracecube_engine::load::{LoadOptions, OnError};
+use tracecube_engine::server::scram::Verifier;
 
 /// mimalloc instead of the system allocator: a query allocates and frees many short-lived
 /// buffers, and glibc's coalescing of large free blocks was a third of the fixed cost of
@@ -57,6 +58,9 @@ enum Command {
     /// Compact the warehouse: merge small files of `traces`, merge each cube's partial rows
     /// into one row per cell, apply cube retentions, rebuild stale cubes.
     Compact,
+    /// Print the SCRAM-SHA-256 verifier of a password read from standard input (first line;
+    /// asked twice, not echoed, on a terminal): the value of `password` in `[[users]]`.
+    Passwd,
     /// Generate a synthetic trace set as Parquet files.
     Gen {
         #[arg(long, default_value_t = 1_000_000)]
@@ -84,6 +88,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::Passwd = cli.command {
+        println!("{}", Verifier::new(&read_password()?));
+        return Ok(());
+    }
     let mut config = Config::load(cli.config.as_deref())?;
     if let Some(w) = cli.warehouse {
         config.warehouse = w;
@@ -147,6 +155,7 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Passwd => unreachable!("answered before the configuration is read"),
         Command::Gen {
             rows,
             seed,
@@ -176,6 +185,24 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The password to make a verifier of: typed twice on a terminal, else the first line of
+/// standard input.
+fn read_password() -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Again: ")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
+    anyhow::ensure!(!password.is_empty(), "the password is empty");
+    Ok(password)
 }
 
 /// Installs the Ctrl-C and SIGTERM handlers now; the future completes on either.

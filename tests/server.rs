@@ -1,6 +1,8 @@
 //! End-to-end: the real server on a free loopback port, queried with tokio-postgres over
 //! the simple and the extended protocol.
 
+#[path = "server/access.rs"]
+mod access;
 mod common;
 
 use std::collections::BTreeMap;

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::demo;
 use crate::load::{LoadOptions, LoadRecord, Loader};
 use crate::server::Server;
+use crate::server::auth::Access;
 use crate::warehouse::Warehouse;
 use datafusion::prelude::SessionContext;
 
@@ -23,9 +24,22 @@ pub async fn prepare_server(
 ) -> Result<(Server, SessionContext), AppError> {
     let started = Instant::now();
     let listen: SocketAddr = config.listen.parse()?;
-    let server = Server::bind(listen)
+    let access = Access::from_config(&config)?;
+    if !access.has_users() && !listen.ip().is_loopback() {
+        return Err(format!(
+            "refusing to listen on {listen}: with no [[users]] configured, anyone reaching \
+             this address could connect as the admin `tracecube`; listen on a loopback \
+             address (127.0.0.1:5433) or configure users (see `tracecube passwd`)"
+        )
+        .into());
+    }
+    let mut server = Server::bind(listen)
         .await?
-        .with_max_connections(config.max_connections);
+        .with_max_connections(config.max_connections)
+        .with_access(access);
+    if let Some(http) = config.http_addr()? {
+        server = server.with_http(http).await?;
+    }
     let demo = config.demo;
     let warehouse = Warehouse::open(config).await?;
     tracing::info!("warehouse at {}", warehouse.root());
@@ -46,6 +60,9 @@ pub async fn prepare_server(
         server.local_addr()?.ip(),
         server.local_addr()?.port()
     );
+    if let Some(http) = server.http_addr() {
+        tracing::info!("metrics on http://{http}/metrics, health on http://{http}/healthz");
+    }
     Ok((server, ctx))
 }
 

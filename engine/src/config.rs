@@ -56,6 +56,98 @@ pub struct Config {
     pub cube_memory_mb: u64,
     /// Most client connections served at once; one more is refused with SQLSTATE 53300.
     pub max_connections: usize,
+    /// Who may connect, with which role and password verifier. None: loopback clients only,
+    /// as the admin `tracecube`, and the server only listens on a loopback address.
+    pub users: Vec<UserConfig>,
+    /// TLS for PostgreSQL clients.
+    pub tls: Option<TlsConfig>,
+    /// Refuse connections without TLS (also accepted inside `[tls]`).
+    pub tls_only: bool,
+    /// The one server folder `COPY … TO` may write into (admins only); none: no file is
+    /// ever written through SQL.
+    pub export_dir: Option<String>,
+    /// Locations external tables may read (`s3://bucket/prefix`, `/srv/shared/data`),
+    /// admins only; none: no external table.
+    pub external_locations: Vec<String>,
+    /// Memory all queries of the server may use together (DataFusion's memory pool, fairly
+    /// shared, spilling to disk where an operator can); 0: no limit.
+    pub memory_limit_mb: u64,
+    /// Default statement timeout of every session (`SET statement_timeout` changes it for
+    /// one session): milliseconds, or with a unit (`"30s"`, `"5min"`); 0: none.
+    #[serde(deserialize_with = "timeout_ms")]
+    pub statement_timeout: u64,
+    /// Address of the HTTP endpoint serving `/metrics` and `/healthz`; empty: none.
+    pub http_listen: String,
+}
+
+/// One user of the server.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub role: crate::server::policy::Role,
+    /// A SCRAM-SHA-256 verifier (`tracecube passwd` prints one), never a plaintext password.
+    pub password: String,
+}
+
+/// Never prints the verifier.
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("password", &"(redacted)")
+            .finish()
+    }
+}
+
+/// The server's certificate chain and private key, PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: String,
+    pub key: String,
+    #[serde(default)]
+    pub tls_only: bool,
+}
+
+/// A statement timeout written as PostgreSQL accepts it: a number of milliseconds, or a
+/// number with a unit `ms`, `s`, `min`, `h` or `d` (`"30s"`, `"5 min"`).
+pub fn parse_timeout_ms(value: &str) -> Result<u64, String> {
+    let text = value.trim().trim_matches('\'').trim().to_ascii_lowercase();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration (e.g. 30000, '30s', '5min')"))?;
+    let unit = match unit.trim() {
+        "" | "ms" => 1.0,
+        "s" => 1e3,
+        "min" => 60e3,
+        "h" => 3_600e3,
+        "d" => 86_400e3,
+        other => return Err(format!("unknown unit {other:?} (use ms, s, min, h or d)")),
+    };
+    let ms = (number * unit).round();
+    if !(0.0..=i32::MAX as f64).contains(&ms) {
+        return Err(format!("{value:?} is out of range (0 to {} ms)", i32::MAX));
+    }
+    Ok(ms as u64)
+}
+
+fn timeout_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Timeout {
+        Millis(u64),
+        Text(String),
+    }
+    match Timeout::deserialize(d)? {
+        Timeout::Millis(ms) => Ok(ms),
+        Timeout::Text(text) => parse_timeout_ms(&text).map_err(serde::de::Error::custom),
+    }
 }
 
 /// One cube: its dimensions (columns of `traces`, `path_prefix(<path column>, <level>)` or
@@ -225,6 +317,14 @@ impl Default for Config {
             cubes: default_cubes(),
             cube_memory_mb: 1024,
             max_connections: 100,
+            users: Vec::new(),
+            tls: None,
+            tls_only: false,
+            export_dir: None,
+            external_locations: Vec::new(),
+            memory_limit_mb: 8192,
+            statement_timeout: 0,
+            http_listen: "127.0.0.1:9187".into(),
         }
     }
 }
@@ -258,7 +358,11 @@ impl Config {
     /// `TRACECUBE_DEMO`, `TRACECUBE_DEFAULT_HOURLY_COST`, `TRACECUBE_HOURLY_COST_<CHANNEL>`,
     /// `TRACECUBE_SLA_SECONDS_<CHANNEL>`, `TRACECUBE_JOURNEY_GAP`, `TRACECUBE_CUBE_MEMORY_MB`,
     /// `TRACECUBE_CUBES_<NAME>` (`dim, dim, …[; retention <duration>]`, or `off` to drop the
-    /// cube; `TRACECUBE_CUBES_ALL=off` drops them all) and `TRACECUBE_STORAGE_<KEY>`.
+    /// cube; `TRACECUBE_CUBES_ALL=off` drops them all), `TRACECUBE_STORAGE_<KEY>`,
+    /// `TRACECUBE_MAX_CONNECTIONS`, `TRACECUBE_MEMORY_LIMIT_MB`, `TRACECUBE_STATEMENT_TIMEOUT`,
+    /// `TRACECUBE_HTTP_LISTEN`, `TRACECUBE_EXPORT_DIR`, `TRACECUBE_EXTERNAL_LOCATIONS`
+    /// (comma-separated), `TRACECUBE_TLS_CERT`, `TRACECUBE_TLS_KEY`, `TRACECUBE_TLS_ONLY`
+    /// and `TRACECUBE_USERS_<NAME>` (`<role>:<verifier>`).
     pub fn apply_env(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
@@ -278,15 +382,42 @@ impl Config {
                 "WAREHOUSE" => self.warehouse = value,
                 "TIME_ZONE" => self.time_zone = value,
                 "LISTEN" => self.listen = value,
-                "DEMO" => {
-                    self.demo = matches!(
-                        value.to_ascii_lowercase().as_str(),
-                        "1" | "true" | "on" | "yes"
-                    )
-                }
+                "DEMO" => self.demo = truthy(&value),
                 "DEFAULT_HOURLY_COST" => self.default_hourly_cost = number(&value)?,
                 "CUBE_MEMORY_MB" => self.cube_memory_mb = number(&value)? as u64,
                 "MAX_CONNECTIONS" => self.max_connections = number(&value)? as usize,
+                "MEMORY_LIMIT_MB" => self.memory_limit_mb = number(&value)? as u64,
+                "STATEMENT_TIMEOUT" => {
+                    self.statement_timeout =
+                        parse_timeout_ms(&value).map_err(|reason| ConfigError::Invalid {
+                            key: key.clone(),
+                            value: value.clone(),
+                            reason,
+                        })?
+                }
+                "HTTP_LISTEN" => self.http_listen = value,
+                "EXPORT_DIR" => self.export_dir = Some(value).filter(|v| !v.is_empty()),
+                "EXTERNAL_LOCATIONS" => {
+                    self.external_locations = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }
+                "TLS_ONLY" => self.tls_only = truthy(&value),
+                "TLS_CERT" | "TLS_KEY" => {
+                    let tls = self.tls.get_or_insert_with(|| TlsConfig {
+                        cert: String::new(),
+                        key: String::new(),
+                        tls_only: false,
+                    });
+                    if name == "TLS_CERT" {
+                        tls.cert = value;
+                    } else {
+                        tls.key = value;
+                    }
+                }
                 "JOURNEY_GAP" => self.journey_gap = value,
                 "CUBES_ALL" if matches!(value.trim(), "off" | "none") => self.cubes.clear(),
                 _ => {
@@ -316,6 +447,25 @@ impl Config {
                                 })?;
                             self.cubes.insert(cube, def);
                         }
+                    } else if let Some(user) = name.strip_prefix("USERS_") {
+                        // TRACECUBE_USERS_<NAME>=<role>:<verifier>
+                        let invalid = |reason: &str| ConfigError::Invalid {
+                            key: key.clone(),
+                            value: "(redacted)".into(),
+                            reason: reason.into(),
+                        };
+                        let (role, password) = value
+                            .split_once(':')
+                            .ok_or_else(|| invalid("expected <role>:<SCRAM-SHA-256 verifier>"))?;
+                        let role = crate::server::policy::Role::parse(role)
+                            .ok_or_else(|| invalid("the role must be reader, loader or admin"))?;
+                        let name = user.to_ascii_lowercase();
+                        self.users.retain(|u| u.name != name);
+                        self.users.push(UserConfig {
+                            name,
+                            role,
+                            password: password.to_string(),
+                        });
                     } else if let Some(option) = name.strip_prefix("STORAGE_") {
                         self.storage.insert(option.to_ascii_lowercase(), value);
                     }
@@ -325,7 +475,7 @@ impl Config {
         Ok(())
     }
 
-    /// Check values that serde cannot: the time zone name and the listen address.
+    /// Check values that serde cannot: the time zone name, the listen addresses, the users.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.tz()?;
         self.listen
@@ -335,6 +485,45 @@ impl Config {
                 value: self.listen.clone(),
                 reason: e.to_string(),
             })?;
+        self.http_addr()?;
+        let mut names = std::collections::BTreeSet::new();
+        for user in &self.users {
+            let key = format!("users.{}", user.name);
+            if user.name.is_empty() || !names.insert(user.name.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "users".into(),
+                    value: user.name.clone(),
+                    reason: "user names must be unique and not empty".into(),
+                });
+            }
+            // the value is never shown: it may be a plaintext password
+            crate::server::scram::Verifier::parse(&user.password).map_err(|reason| {
+                ConfigError::Invalid {
+                    key: format!("{key}.password"),
+                    value: "(redacted)".into(),
+                    reason: format!(
+                        "{reason}; a plaintext password is refused: store the verifier that \
+                         `tracecube passwd` prints"
+                    ),
+                }
+            })?;
+        }
+        if let Some(tls) = &self.tls
+            && (tls.cert.is_empty() || tls.key.is_empty())
+        {
+            return Err(ConfigError::Invalid {
+                key: "tls".into(),
+                value: format!("cert = {:?}, key = {:?}", tls.cert, tls.key),
+                reason: "both cert and key (PEM files) are needed".into(),
+            });
+        }
+        if self.requires_tls() && self.tls.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "tls_only".into(),
+                value: "true".into(),
+                reason: "TLS needs [tls] cert and key".into(),
+            });
+        }
         for (channel, cost) in &self.hourly_cost {
             if !(cost.is_finite() && *cost >= 0.0) {
                 return Err(ConfigError::Invalid {
@@ -360,6 +549,26 @@ impl Config {
         Ok(())
     }
 
+    /// Whether plain (non-TLS) connections are refused.
+    pub fn requires_tls(&self) -> bool {
+        self.tls_only || self.tls.as_ref().is_some_and(|t| t.tls_only)
+    }
+
+    /// The address of the metrics endpoint, if any.
+    pub fn http_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let text = self.http_listen.trim();
+        if text.is_empty() || text.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        text.parse()
+            .map(Some)
+            .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+                key: "http_listen".into(),
+                value: self.http_listen.clone(),
+                reason: e.to_string(),
+            })
+    }
+
     /// The journey gap in seconds, from `journey_gap`.
     pub fn journey_gap_seconds(&self) -> Result<i64, ConfigError> {
         parse_duration("journey_gap", &self.journey_gap)
@@ -383,6 +592,13 @@ impl Config {
             .copied()
             .unwrap_or(self.default_hourly_cost)
     }
+}
+
+fn truthy(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "on" | "yes"
+    )
 }
 
 /// Seconds of a duration written `<number> <unit>`, the unit one of seconds, minutes,

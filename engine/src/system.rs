@@ -17,7 +17,8 @@ use datafusion::physical_plan::ExecutionPlan;
 #[async_trait]
 pub trait SystemRows: Debug + Send + Sync + 'static {
     fn schema(&self) -> SchemaRef;
-    async fn rows(&self) -> Result<RecordBatch>;
+    /// The rows `session` may see.
+    async fn rows(&self, session: &dyn Session) -> Result<RecordBatch>;
 }
 
 /// A read-only table over [`SystemRows`].
@@ -41,7 +42,7 @@ impl<T: SystemRows> TableProvider for SystemTable<T> {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        MemTable::try_new(self.0.schema(), vec![vec![self.0.rows().await?]])?
+        MemTable::try_new(self.0.schema(), vec![vec![self.0.rows(state).await?]])?
             .scan(state, projection, filters, limit)
             .await
     }

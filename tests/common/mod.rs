@@ -30,6 +30,7 @@ impl TestWarehouse {
         let mut config = Config {
             warehouse: dir.path().join("warehouse").display().to_string(),
             listen: "127.0.0.1:0".into(),
+            http_listen: "127.0.0.1:0".into(),
             demo: false,
             ..Default::default()
         };
@@ -123,6 +124,8 @@ pub fn generated_channel_counts(rows: u64, seed: u64) -> BTreeMap<String, i64> {
 /// A running server on a free loopback port; stops when dropped.
 pub struct TestServer {
     pub port: u16,
+    /// The port of `/metrics` and `/healthz`, when served.
+    pub http_port: Option<u16>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -133,6 +136,7 @@ impl TestServer {
             .await
             .unwrap();
         let port = server.local_addr().unwrap().port();
+        let http_port = server.http_addr().map(|a| a.port());
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -144,6 +148,7 @@ impl TestServer {
         });
         TestServer {
             port,
+            http_port,
             stop: Some(stop),
             task: Some(task),
         }
@@ -159,6 +164,34 @@ impl TestServer {
             let _ = connection.await;
         });
         Ok(client)
+    }
+
+    /// Connect with more connection parameters (`user=… password=…`).
+    pub async fn connect_with(&self, params: &str) -> Result<Client, tokio_postgres::Error> {
+        let conn_str = format!(
+            "host=127.0.0.1 port={} dbname=tracecube {params}",
+            self.port
+        );
+        let (client, connection) = tokio_postgres::connect(&conn_str, NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// `GET path` on the metrics endpoint: the status line and the body.
+    pub async fn http_get(&self, path: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let port = self.http_port.expect("the server serves HTTP");
+        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).await.unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_string(), body.to_string())
     }
 
     pub async fn connect(&self) -> Client {

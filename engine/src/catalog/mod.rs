@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::server::metrics::{CountingRegistry, Metrics};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{MemorySchemaProvider, Session, TableProvider};
@@ -12,6 +13,8 @@ use datafusion::common::Result;
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown, col};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -162,6 +165,30 @@ pub fn connection_session(shared: &SessionContext) -> SessionContext {
     SessionContext::new_with_state(state)
 }
 
+/// The runtime of the server's queries: a memory pool of `limit_mb` (0: none) fairly
+/// shared by the queries running at once, operators that can (sorts, aggregations) spilling
+/// to temporary files; a query that needs more fails alone with SQLSTATE `53200`.
+/// Every object store counts the bytes it returns into `bytes_scanned`.
+fn runtime(
+    limit_mb: u64,
+    bytes_scanned: prometheus_client::metrics::counter::Counter,
+) -> Result<Arc<RuntimeEnv>, WarehouseError> {
+    let mut builder = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(CountingRegistry::new(bytes_scanned)));
+    if limit_mb > 0 {
+        let bytes = usize::try_from(limit_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        // the error of a query past the limit names its largest consumers
+        let pool = TrackConsumersPool::new(
+            FairSpillPool::new(bytes),
+            std::num::NonZeroUsize::new(5).expect("5 is not zero"),
+        );
+        builder = builder.with_memory_pool(Arc::new(pool));
+    }
+    builder
+        .build_arc()
+        .map_err(|e| WarehouseError::Session(Box::new(e)))
+}
+
 /// A session over `warehouse`: `traces`, `rejects`, `impact_weights`, the journey
 /// views, `tracecube.loads`, Tracecube's functions, pg_catalog and information_schema.
 pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseError> {
@@ -170,7 +197,8 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
         .with_default_catalog_and_schema(CATALOG, "public")
         .with_create_default_catalog_and_schema(true);
     let cubes = CubeRegistry::open(warehouse).await?;
-    let queries = Arc::new(QueryLog::default());
+    let metrics = Arc::new(Metrics::default());
+    let queries = Arc::new(QueryLog::new(Arc::clone(&metrics)));
     // The server finds both here to scope and log each query.
     let config = config
         .with_extension(Arc::clone(&cubes))
@@ -186,6 +214,10 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
     rules.insert(at, Arc::new(CubeRewrite::new(Arc::clone(&cubes), days)));
     let state = SessionStateBuilder::new()
         .with_config(config)
+        .with_runtime_env(runtime(
+            warehouse.config().memory_limit_mb,
+            metrics.bytes_scanned.clone(),
+        )?)
         .with_default_features()
         .with_optimizer_rules(rules)
         .build();

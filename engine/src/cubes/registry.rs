@@ -578,7 +578,7 @@ impl SystemRows for CubesTable {
         cubes_schema()
     }
 
-    async fn rows(&self) -> Result<RecordBatch> {
+    async fn rows(&self, _session: &dyn datafusion::catalog::Session) -> Result<RecordBatch> {
         self.registry
             .refresh()
             .await

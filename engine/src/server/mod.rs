@@ -1,117 +1,38 @@
 //! The PostgreSQL server: `datafusion-postgres`'s query handlers over a Tracecube session,
-//! with Tracecube's own listener (free ports for tests, graceful shutdown) and start-up
-//! check (with no users configured: loopback clients as user `tracecube` only).
+//! with Tracecube's own listener (free ports for tests, graceful shutdown, TLS, a
+//! connection limit) and authentication (configured users, or with none: loopback clients
+//! as user `tracecube` only).
 
-use std::fmt::Debug;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
+pub mod auth;
 pub mod errors;
+pub mod http;
+pub mod metrics;
 pub mod policy;
 pub mod queries;
+pub mod scram;
 
 use crate::catalog;
 use crate::cubes::registry::CubeRegistry;
+pub use auth::DEFAULT_USER;
+use auth::{Access, Authenticator};
 use datafusion_postgres::pgwire::api::auth::StartupHandler;
-use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
 use datafusion_postgres::pgwire::api::cancel::DefaultCancelHandler;
-use datafusion_postgres::pgwire::api::{ClientInfo, ConnectionManager, PgWireServerHandlers};
-use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use datafusion_postgres::pgwire::api::{ConnectionManager, PgWireServerHandlers};
 use datafusion_postgres::pgwire::tokio::process_socket;
-use futures::Sink;
-use policy::Role;
+use metrics::Metrics;
 use queries::{QueryHandler, QueryLog};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-/// The user every loopback client connects as when no users are configured.
-pub const DEFAULT_USER: &str = "tracecube";
-
-/// Accepts the start-up of loopback clients connecting as [`DEFAULT_USER`].
-struct LoopbackOnly {
-    connections: Arc<ConnectionManager>,
-}
-
-impl NoopStartupHandler for LoopbackOnly {
-    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
-        Some(self.connections.clone())
-    }
-}
-
-/// Refuses a start-up that is not from loopback as `tracecube`, before authentication ends;
-/// tells the connection's session who is connected.
-struct StartupCheck {
-    inner: Arc<LoopbackOnly>,
-    session: Arc<SessionContext>,
-    /// Set when accepting this connection went past `max_connections`.
-    too_many: Option<usize>,
-}
-
-fn fatal(code: &str, message: String) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "FATAL".into(),
-        code.into(),
-        message,
-    )))
-}
-
-#[async_trait]
-impl StartupHandler for StartupCheck {
-    async fn on_startup<C>(
-        &self,
-        client: &mut C,
-        message: PgWireFrontendMessage,
-    ) -> PgWireResult<()>
-    where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        if let PgWireFrontendMessage::Startup(startup) = &message {
-            if let Some(max) = self.too_many {
-                return Err(fatal(
-                    "53300",
-                    format!("sorry, too many clients already (max_connections = {max})"),
-                ));
-            }
-            if !client.socket_addr().ip().is_loopback() {
-                return Err(fatal(
-                    "28000",
-                    format!(
-                        "connection from {} refused: with no users configured only loopback clients are accepted",
-                        client.socket_addr().ip()
-                    ),
-                ));
-            }
-            let user = startup
-                .parameters
-                .get("user")
-                .map(String::as_str)
-                .unwrap_or("");
-            if user != DEFAULT_USER {
-                return Err(fatal(
-                    "28000",
-                    format!(
-                        "role \"{user}\" does not exist: with no users configured, connect as \"{DEFAULT_USER}\""
-                    ),
-                ));
-            }
-            for f in tracecube_udfs::session::user_functions(user) {
-                self.session.register_udf(f);
-            }
-        }
-        self.inner.on_startup(client, message).await
-    }
-}
-
 struct Handlers {
     session: Arc<QueryHandler>,
-    startup: Arc<StartupCheck>,
+    startup: Arc<Authenticator>,
     cancel: Arc<DefaultCancelHandler>,
 }
 
@@ -140,15 +61,19 @@ impl PgWireServerHandlers for Handlers {
 /// One open connection, counted while it lives.
 struct Open {
     active: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
     /// Connections open with this one.
     count: usize,
 }
 
 impl Open {
-    fn new(active: &Arc<AtomicUsize>) -> Self {
+    fn new(active: &Arc<AtomicUsize>, metrics: &Arc<Metrics>) -> Self {
         let count = active.fetch_add(1, Ordering::SeqCst) + 1;
+        metrics.connections.inc();
+        metrics.connections_accepted.inc();
         Open {
             active: Arc::clone(active),
+            metrics: Arc::clone(metrics),
             count,
         }
     }
@@ -157,6 +82,7 @@ impl Open {
 impl Drop for Open {
     fn drop(&mut self) {
         self.active.fetch_sub(1, Ordering::SeqCst);
+        self.metrics.connections.dec();
     }
 }
 
@@ -164,6 +90,9 @@ impl Drop for Open {
 pub struct Server {
     listener: TcpListener,
     max_connections: usize,
+    access: Arc<Access>,
+    /// Where `/metrics` and `/healthz` are served, if anywhere.
+    http: Option<TcpListener>,
 }
 
 impl Server {
@@ -180,7 +109,35 @@ impl Server {
         Ok(Server {
             listener,
             max_connections: 100,
+            access: Arc::new(Access::default()),
+            http: None,
         })
+    }
+
+    /// Also serve `/metrics` and `/healthz` over HTTP on `addr` (port 0 picks a free port).
+    pub async fn with_http(mut self, addr: SocketAddr) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot serve metrics on {addr}: {e} (choose another address with \
+                     http_listen, or http_listen = \"\" for none)"
+                ),
+            )
+        })?;
+        self.http = Some(listener);
+        Ok(self)
+    }
+
+    /// The address of the metrics endpoint, if any.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Let clients in as `access` says (users, TLS, allowed locations).
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = Arc::new(access);
+        self
     }
 
     /// Serve at most `max` connections at once.
@@ -211,24 +168,33 @@ impl Server {
                 "the session was not built by catalog::session (no cube registry or query log)",
             ));
         };
-        let shared = Arc::clone(ctx.state().catalog_list());
-        let loopback = Arc::new(LoopbackOnly {
-            connections: connections.clone(),
+        let metrics = Arc::clone(&log.metrics);
+        let endpoint = self.http.map(|listener| {
+            let endpoint = Arc::new(http::Endpoint {
+                ctx: ctx.clone(),
+                metrics: Arc::clone(&metrics),
+                cubes: Arc::clone(&cubes),
+            });
+            tokio::spawn(endpoint.serve(listener))
         });
-        let cancel = Arc::new(DefaultCancelHandler::new(connections));
+        let shared = Arc::clone(ctx.state().catalog_list());
+        let cancel = Arc::new(DefaultCancelHandler::new(Arc::clone(&connections)));
+        let access = Arc::clone(&self.access);
         // Each connection gets its own session (settings, its own objects) over the shared
-        // catalog; with no users configured, every client is the admin `tracecube`.
+        // catalog, and its identity once authenticated.
         let handlers = move |too_many: Option<usize>| {
             let ctx = Arc::new(catalog::connection_session(&ctx));
-            let startup = Arc::new(StartupCheck {
-                inner: Arc::clone(&loopback),
-                session: Arc::clone(&ctx),
+            let startup = Arc::new(Authenticator::new(
+                Arc::clone(&access),
+                Arc::clone(&connections),
+                Arc::clone(&ctx),
                 too_many,
-            });
+                Arc::clone(&log.metrics),
+            ));
             let session = QueryHandler::new(
                 ctx,
                 Arc::clone(&shared),
-                Role::Admin,
+                Arc::clone(&access),
                 Arc::clone(&cubes),
                 Arc::clone(&log),
             );
@@ -246,12 +212,13 @@ impl Server {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((socket, peer)) => {
-                        let open = Open::new(&active);
+                        let open = Open::new(&active, &metrics);
                         let over = (open.count > self.max_connections).then_some(self.max_connections);
                         let handlers = handlers(over);
+                        let tls = self.access.tls.clone();
                         sessions.spawn(async move {
                             let _open = open;
-                            if let Err(e) = process_socket(socket, None, handlers).await {
+                            if let Err(e) = process_socket(socket, tls, handlers).await {
                                 tracing::debug!("session from {peer} ended with an error: {e}");
                             }
                         });
@@ -262,6 +229,9 @@ impl Server {
             }
         }
         tracing::info!("shutting down: closing {} session(s)", sessions.len());
+        if let Some(endpoint) = endpoint {
+            endpoint.abort();
+        }
         sessions.shutdown().await;
         Ok(())
     }

@@ -3,18 +3,21 @@
 //!
 //! - `reader`: queries, `SHOW`, `EXPLAIN`, `SET`;
 //! - `loader`: + `INSERT INTO traces` (and `COPY traces FROM`, when they exist);
-//! - `admin`: + writes to `impact_weights`, DDL of the connection's own objects.
+//! - `admin`: + writes to `impact_weights`, DDL of the connection's own objects, `COPY …
+//!   TO` a file inside `export_dir`, external tables inside `external_locations`.
 //!
 //! Nobody may drop, replace or write Tracecube's own tables, views and schemas (shared by
-//! every connection), write files (`COPY … TO`), read files or URLs through external
-//! tables, or change the server's runtime settings (`datafusion.runtime.*`: memory
-//! limit, spill directory). Refusals carry SQLSTATE `42501`.
+//! every connection), write files (`COPY … TO`) or read files or URLs through external
+//! tables outside those configured places, or change the server's runtime settings
+//! (`datafusion.runtime.*`: memory limit, spill directory). Refusals carry SQLSTATE `42501`.
 
 use datafusion::catalog::CatalogProviderList;
 use datafusion::common::TableReference;
 use datafusion::logical_expr::dml::WriteOp;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement};
 use datafusion::sql::sqlparser::ast;
+use std::path::{Path, PathBuf};
+use url::Url;
 
 use crate::catalog::CATALOG;
 
@@ -24,7 +27,8 @@ use crate::catalog::CATALOG;
 pub struct Forbidden(pub String);
 
 /// What a user may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     Reader,
     Loader,
@@ -32,6 +36,16 @@ pub enum Role {
 }
 
 impl Role {
+    /// `reader`, `loader` or `admin`.
+    pub fn parse(name: &str) -> Option<Role> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "reader" => Some(Role::Reader),
+            "loader" => Some(Role::Loader),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Role::Reader => "reader",
@@ -44,11 +58,139 @@ impl Role {
 /// The schema of unqualified names.
 const DEFAULT_SCHEMA: &str = "public";
 
+/// Where SQL may write files (`export_dir`) and read external data
+/// (`external_locations`): nowhere unless configured, and only for admins.
+#[derive(Debug, Default, Clone)]
+pub struct Locations {
+    export_dir: Option<PathBuf>,
+    external: Vec<Place>,
+}
+
+/// A local folder (resolved, symbolic links followed) or an object-store prefix.
+#[derive(Debug, Clone)]
+enum Place {
+    Local(PathBuf),
+    Remote(Url),
+}
+
+impl Place {
+    /// `text` as a place: a path (absolute, or relative to the server's folder), a
+    /// `file://` URL or another URL. `None` for what cannot be checked (`..` anywhere).
+    fn of(text: &str) -> Option<Place> {
+        if text
+            .split(['/', '\\'])
+            .any(|part| part == ".." || part == ".")
+        {
+            return None;
+        }
+        if text.contains("://") {
+            let url = Url::parse(text).ok()?;
+            return if url.scheme() == "file" {
+                Some(Place::Local(resolve(&url.to_file_path().ok()?)))
+            } else if url
+                .path()
+                .split('/')
+                .any(|p| p == ".." || p == "." || p.contains('%'))
+            {
+                None
+            } else {
+                Some(Place::Remote(url))
+            };
+        }
+        let path = Path::new(text);
+        let path = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            std::env::current_dir().ok()?.join(path)
+        };
+        Some(Place::Local(resolve(&path)))
+    }
+
+    /// Whether `self` lies inside the folder or prefix `base`.
+    fn within(&self, base: &Place) -> bool {
+        match (self, base) {
+            (Place::Local(path), Place::Local(base)) => path.starts_with(base),
+            (Place::Remote(url), Place::Remote(base)) => {
+                let segments = |u: &Url| -> Vec<String> {
+                    u.path()
+                        .split('/')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                };
+                url.scheme() == base.scheme()
+                    && url.host_str() == base.host_str()
+                    && url.port() == base.port()
+                    && segments(url).starts_with(&segments(base))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `path` with its longest existing ancestor resolved (symbolic links followed), the rest
+/// appended as written.
+fn resolve(path: &Path) -> PathBuf {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+impl Locations {
+    /// The configured places; an error names one that cannot be used.
+    pub fn new(export_dir: Option<&str>, external: &[String]) -> Result<Self, String> {
+        let export_dir = match export_dir {
+            None => None,
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("export_dir {dir:?} cannot be created: {e}"))?;
+                match Place::of(dir) {
+                    Some(Place::Local(path)) => Some(path),
+                    _ => return Err(format!("export_dir {dir:?} must be a local folder")),
+                }
+            }
+        };
+        let external = external
+            .iter()
+            .map(|l| {
+                Place::of(l).ok_or_else(|| format!("external location {l:?} is not a path or URL"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Locations {
+            export_dir,
+            external,
+        })
+    }
+
+    fn may_export(&self, target: &str) -> bool {
+        let Some(dir) = &self.export_dir else {
+            return false;
+        };
+        Place::of(target).is_some_and(|t| t.within(&Place::Local(dir.clone())))
+    }
+
+    fn may_read(&self, location: &str) -> bool {
+        Place::of(location).is_some_and(|l| self.external.iter().any(|base| l.within(base)))
+    }
+}
+
 /// Checks statements of one connection.
 pub struct Policy<'a> {
     pub role: Role,
     /// Tracecube's own catalogs, shared by every connection.
     pub shared: &'a dyn CatalogProviderList,
+    pub locations: &'a Locations,
 }
 
 impl Policy<'_> {
@@ -105,10 +247,22 @@ impl Policy<'_> {
         match plan {
             LogicalPlan::Explain(explain) => self.check(&explain.plan),
             LogicalPlan::Analyze(analyze) => self.check(&analyze.input),
-            LogicalPlan::Copy(copy) => Err(Forbidden(format!(
-                "COPY … TO '{}' would write a file on the server: SQL never writes server files",
-                copy.output_url
-            ))),
+            LogicalPlan::Copy(copy) => {
+                self.requires(Role::Admin, "COPY … TO")?;
+                if self.locations.may_export(&copy.output_url) {
+                    Ok(())
+                } else {
+                    Err(Forbidden(format!(
+                        "COPY … TO '{}' would write outside the export folder: SQL writes \
+                         server files only inside export_dir{}",
+                        copy.output_url,
+                        match &self.locations.export_dir {
+                            Some(dir) => format!(" ({})", dir.display()),
+                            None => ", which is not configured".into(),
+                        }
+                    )))
+                }
+            }
             LogicalPlan::Dml(dml) => {
                 let target = &dml.table_name;
                 let what = match &dml.op {
@@ -164,12 +318,23 @@ impl Policy<'_> {
 
     fn check_ddl(&self, ddl: &DdlStatement) -> Result<(), Forbidden> {
         match ddl {
-            DdlStatement::CreateExternalTable(table) => Err(Forbidden(format!(
-                "CREATE EXTERNAL TABLE {} reads '{}': SQL never reads server files or URLs \
-                 outside the warehouse",
-                table.name,
-                table.locations.join("', '")
-            ))),
+            DdlStatement::CreateExternalTable(table) => {
+                self.own_object("CREATE EXTERNAL TABLE", &table.name, "replaced")?;
+                match table.locations.iter().find(|l| !self.locations.may_read(l)) {
+                    None if !table.locations.is_empty() => Ok(()),
+                    outside => Err(Forbidden(format!(
+                        "CREATE EXTERNAL TABLE {} reads '{}': external tables read only inside \
+                         external_locations{}",
+                        table.name,
+                        outside.map_or("", String::as_str),
+                        if self.locations.external.is_empty() {
+                            ", which is not configured"
+                        } else {
+                            ""
+                        }
+                    ))),
+                }
+            }
             DdlStatement::CreateMemoryTable(t) => {
                 self.own_object("CREATE TABLE", &t.name, "replaced")
             }

@@ -31,8 +31,10 @@ use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
 use datafusion_postgres::{DfSessionService, QueryHook};
 use futures::{Sink, StreamExt};
 
+use super::auth::{Access, Identity};
 use super::errors::{forbidden, with_sqlstate};
-use super::policy::{Policy, Role};
+use super::metrics::{Finished, Metrics};
+use super::policy::Policy;
 use crate::cubes::registry::CubeRegistry;
 use crate::cubes::rewrite::{QUERY, QueryScope};
 use crate::schema::timestamp_type;
@@ -44,6 +46,131 @@ use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser
 pub const USE_CUBES: &str = "tracecube.use_cubes";
 /// How many recent queries `tracecube.queries` keeps.
 pub const QUERY_LOG_SIZE: usize = 1_000;
+/// Where a connection's `statement_timeout` (milliseconds) is kept: the key
+/// `datafusion-postgres`'s `SET statement_timeout` writes and its `SHOW` reads.
+pub const STATEMENT_TIMEOUT_KEY: &str = "statement_timeout_ms";
+
+/// Why a running statement stops early.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Cancelled,
+    TimedOut,
+}
+
+impl Stop {
+    fn error(self) -> PgWireError {
+        let message = match self {
+            Stop::Cancelled => "canceling statement due to user request",
+            Stop::TimedOut => "canceling statement due to statement timeout",
+        };
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".into(),
+            "57014".into(),
+            message.into(),
+        )))
+    }
+}
+
+/// Resolves when the statement must stop: a cancel request for the connection (psql's
+/// Ctrl-C) or the end of its `statement_timeout`, counted from the start of the statement.
+type Interrupt = futures::future::Shared<futures::future::BoxFuture<'static, Stop>>;
+
+async fn interrupt(client: &impl ClientInfo) -> Interrupt {
+    use futures::FutureExt;
+    let deadline = client
+        .metadata()
+        .get(STATEMENT_TIMEOUT_KEY)
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(|ms| tokio::time::Instant::now() + std::time::Duration::from_millis(ms));
+    let handle = client
+        .session_extensions()
+        .get::<super::auth::CancelHandle>();
+    // a new receiver per statement: a late cancel request never stops the next statement
+    let cancelled = match handle {
+        Some(handle) => Some(handle.0.start_query().await),
+        None => None,
+    };
+    async move {
+        let cancelled = async {
+            let fired = match cancelled {
+                Some(rx) => rx.await.is_ok(),
+                None => false,
+            };
+            if !fired {
+                futures::future::pending::<()>().await
+            }
+        };
+        let timed_out = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => futures::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = cancelled => Stop::Cancelled,
+            () = timed_out => Stop::TimedOut,
+        }
+    }
+    .boxed()
+    .shared()
+}
+
+/// Run `work` unless `stop` resolves first (then `work` is dropped: nothing more of it runs).
+async fn unless<T>(
+    stop: &Interrupt,
+    work: impl std::future::Future<Output = PgWireResult<T>>,
+) -> PgWireResult<T> {
+    tokio::select! {
+        result = work => result,
+        reason = stop.clone() => Err(reason.error()),
+    }
+}
+
+/// The rows of `responses` stop (with `57014`) when `stop` resolves: the query's
+/// execution is dropped with its stream.
+fn rows_unless(stop: Interrupt, responses: &mut [Response]) {
+    for response in responses {
+        if let Response::Query(q) = response {
+            let rows = std::mem::replace(&mut q.data_rows, Box::pin(futures::stream::empty()));
+            let stop = stop.clone();
+            q.data_rows = Box::pin(futures::stream::unfold(
+                Some((rows, stop)),
+                |state| async move {
+                    let (mut rows, stop) = state?;
+                    tokio::select! {
+                        biased;
+                        reason = stop.clone() => Some((Err(reason.error()), None)),
+                        next = rows.next() => next.map(|row| (row, Some((rows, stop)))),
+                    }
+                },
+            ));
+        }
+    }
+}
+
+/// The SQLSTATE a client receives for `error`.
+fn code_of(error: &PgWireError) -> String {
+    match error {
+        PgWireError::UserError(info) => info.code.clone(),
+        PgWireError::ApiError(e) => super::errors::sqlstate(e.as_ref()).to_string(),
+        _ => "XX000".to_string(),
+    }
+}
+
+/// The identity of an authenticated connection: no statement runs without one.
+fn identity(client: &impl ClientInfo) -> PgWireResult<Arc<Identity>> {
+    client
+        .session_extensions()
+        .get::<Identity>()
+        .ok_or_else(|| {
+            PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "28000".into(),
+                "the connection is not authenticated".into(),
+            )))
+        })
+}
 
 /// One served query.
 #[derive(Debug, Clone)]
@@ -58,16 +185,39 @@ struct LoggedQuery {
     cube_misses: Option<String>,
     rows: i64,
     error: Option<String>,
+    sqlstate: Option<String>,
+    role: Option<&'static str>,
 }
 
-/// The most recent queries, oldest first.
+/// The most recent queries, oldest first, and the server's metrics they feed.
 #[derive(Debug, Default)]
 pub struct QueryLog {
     entries: Mutex<(i64, VecDeque<LoggedQuery>)>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl QueryLog {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        QueryLog {
+            entries: Mutex::default(),
+            metrics,
+        }
+    }
+
     fn push(&self, mut entry: LoggedQuery) {
+        let cubes: Vec<String> = entry
+            .cubes
+            .iter()
+            .flat_map(|c| c.split(", ").map(str::to_string))
+            .collect();
+        self.metrics.finished(Finished {
+            role: entry.role,
+            sqlstate: entry.sqlstate.as_deref(),
+            seconds: entry.duration_ms / 1e3,
+            rows: entry.rows.max(0) as u64,
+            cubes: &cubes,
+            missed: entry.cube_misses.is_some(),
+        });
         let mut guard = self.entries.lock().expect("query log lock");
         guard.0 += 1;
         entry.id = guard.0;
@@ -77,13 +227,15 @@ impl QueryLog {
         guard.1.push_back(entry);
     }
 
-    fn batch(&self) -> datafusion::common::Result<RecordBatch> {
+    /// The logged queries, only those of `user` when given.
+    fn batch(&self, user: Option<&str>) -> datafusion::common::Result<RecordBatch> {
         let entries: Vec<LoggedQuery> = self
             .entries
             .lock()
             .expect("query log lock")
             .1
             .iter()
+            .filter(|e| user.is_none_or(|u| e.user.as_deref() == Some(u)))
             .cloned()
             .collect();
         let columns: Vec<ArrayRef> = vec![
@@ -114,6 +266,9 @@ impl QueryLog {
             Arc::new(StringArray::from_iter(
                 entries.iter().map(|e| e.error.as_deref()),
             )),
+            Arc::new(StringArray::from_iter(
+                entries.iter().map(|e| e.sqlstate.as_deref()),
+            )),
         ];
         Ok(RecordBatch::try_new(queries_schema(), columns)?)
     }
@@ -132,6 +287,7 @@ pub fn queries_schema() -> SchemaRef {
         Field::new("cube_misses", DataType::Utf8, true),
         Field::new("rows", DataType::Int64, false),
         Field::new("error", DataType::Utf8, true),
+        Field::new("sqlstate", DataType::Utf8, true),
     ]))
 }
 
@@ -153,8 +309,17 @@ impl SystemRows for QueriesTable {
         queries_schema()
     }
 
-    async fn rows(&self) -> datafusion::common::Result<RecordBatch> {
-        self.log.batch()
+    /// A user sees their own queries, an admin everyone's.
+    async fn rows(
+        &self,
+        session: &dyn datafusion::catalog::Session,
+    ) -> datafusion::common::Result<RecordBatch> {
+        let only = session
+            .config()
+            .get_extension::<Identity>()
+            .filter(|who| who.role != super::policy::Role::Admin)
+            .map(|who| who.user.clone());
+        self.log.batch(only.as_deref())
     }
 }
 
@@ -182,7 +347,7 @@ pub struct QueryHandler {
     log: Arc<QueryLog>,
     /// Tracecube's own catalogs, shared by every connection.
     shared: Arc<dyn CatalogProviderList>,
-    role: Role,
+    access: Arc<Access>,
     parser: PostgresCompatibilityParser,
     /// The parser of prepared statements.
     prepared: Arc<OneStatement>,
@@ -193,7 +358,7 @@ impl QueryHandler {
     pub fn new(
         ctx: Arc<SessionContext>,
         shared: Arc<dyn CatalogProviderList>,
-        role: Role,
+        access: Arc<Access>,
         cubes: Arc<CubeRegistry>,
         log: Arc<QueryLog>,
     ) -> Self {
@@ -214,23 +379,24 @@ impl QueryHandler {
             cubes,
             log,
             shared,
-            role,
+            access,
             parser: PostgresCompatibilityParser::new(),
             prepared,
         }
     }
 
-    fn policy(&self) -> Policy<'_> {
+    fn policy<'a>(&'a self, identity: &Identity) -> Policy<'a> {
         Policy {
-            role: self.role,
+            role: identity.role,
             shared: self.shared.as_ref(),
+            locations: &self.access.locations,
         }
     }
 
     /// Check one statement just before it runs (so that it is planned over what the
     /// statements before it did): refused, or failing to plan, it does not run.
-    async fn check(&self, statement: &Statement) -> Result<(), PgWireError> {
-        let policy = self.policy();
+    async fn check(&self, identity: &Identity, statement: &Statement) -> Result<(), PgWireError> {
+        let policy = self.policy(identity);
         policy.check_statement(statement).map_err(forbidden)?;
         let state = self.ctx.state();
         // A cursor runs its query.
@@ -268,29 +434,38 @@ impl QueryHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let identity = identity(client)?;
         let query = statement.to_string();
         let (mut scope, pending) = self.begin(client, &query).await;
-        if let Err(error) = self.check(statement).await {
+        let stop = interrupt(client).await;
+        if let Err(error) = unless(&stop, self.check(&identity, statement)).await {
             return Err(self.refuse(pending, &scope, error));
         }
-        let mut result = QUERY
-            .scope(
+        let mut result = unless(
+            &stop,
+            QUERY.scope(
                 Arc::clone(&scope),
                 SimpleQueryHandler::do_query(self.inner.as_ref(), client, &query),
-            )
-            .await;
+            ),
+        )
+        .await;
         if let Err(e) = &result
             && let Some(raw) = raw_retry(&scope, &query, e)
         {
             scope = raw;
-            result = QUERY
-                .scope(
+            result = unless(
+                &stop,
+                QUERY.scope(
                     Arc::clone(&scope),
                     SimpleQueryHandler::do_query(self.inner.as_ref(), client, &query),
-                )
-                .await;
+                ),
+            )
+            .await;
         }
         let mut result = result.map_err(with_sqlstate);
+        if let Ok(responses) = &mut result {
+            rows_unless(stop, responses);
+        }
         Self::finish(&scope, pending, &mut result);
         result
     }
@@ -320,13 +495,21 @@ impl QueryHandler {
                 id: 0,
                 started_at: chrono::Utc::now().timestamp_micros(),
                 duration_ms: 0.0,
-                user: client.metadata().get("user").cloned(),
+                user: client
+                    .session_extensions()
+                    .get::<Identity>()
+                    .map(|who| who.user.clone()),
                 query: query.to_string(),
                 use_cubes,
                 cubes: None,
                 cube_misses: None,
                 rows: 0,
                 error: None,
+                sqlstate: None,
+                role: client
+                    .session_extensions()
+                    .get::<Identity>()
+                    .map(|who| who.role.name()),
             },
         };
         (scope, pending)
@@ -341,7 +524,10 @@ impl QueryHandler {
         pending.entry.cubes = joined(&scope.cubes_used).map(|c| c.replace("; ", ", "));
         pending.entry.cube_misses = joined(&scope.misses);
         match result {
-            Err(e) => pending.entry.error = Some(e.to_string()),
+            Err(e) => {
+                pending.entry.sqlstate = Some(code_of(e));
+                pending.entry.error = Some(e.to_string());
+            }
             Ok(responses) => {
                 if let Some(Response::Query(q)) = responses
                     .iter_mut()
@@ -357,7 +543,10 @@ impl QueryHandler {
                         let row = row.map_err(with_sqlstate);
                         match &row {
                             Ok(_) => pending.entry.rows += 1,
-                            Err(e) => pending.entry.error = Some(e.to_string()),
+                            Err(e) => {
+                                pending.entry.sqlstate = Some(code_of(e));
+                                pending.entry.error = Some(e.to_string());
+                            }
                         }
                         row
                     }));
@@ -376,6 +565,7 @@ impl SimpleQueryHandler for QueryHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        identity(client)?;
         let statements = self
             .parser
             .parse(query)
@@ -413,10 +603,11 @@ impl ExtendedQueryHandler for QueryHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let identity = identity(client)?;
         let query = &portal.statement.statement.0;
         let (mut scope, pending) = self.begin(client, query).await;
         if let (_, Some((statement, plan))) = &portal.statement.statement {
-            let policy = self.policy();
+            let policy = self.policy(&identity);
             let checked = policy
                 .check_statement(statement)
                 .and_then(|()| policy.check(plan));
@@ -424,24 +615,32 @@ impl ExtendedQueryHandler for QueryHandler {
                 return Err(self.refuse(pending, &scope, forbidden(refusal)));
             }
         }
-        let mut result = QUERY
-            .scope(
+        let stop = interrupt(client).await;
+        let mut result = unless(
+            &stop,
+            QUERY.scope(
                 Arc::clone(&scope),
                 ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows),
-            )
-            .await;
+            ),
+        )
+        .await;
         if let Err(e) = &result
             && let Some(raw) = raw_retry(&scope, query, e)
         {
             scope = raw;
-            result = QUERY
-                .scope(
+            result = unless(
+                &stop,
+                QUERY.scope(
                     Arc::clone(&scope),
                     ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows),
-                )
-                .await;
+                ),
+            )
+            .await;
         }
         let mut results = result.map(|r| vec![r]).map_err(with_sqlstate);
+        if let Ok(responses) = &mut results {
+            rows_unless(stop, responses);
+        }
         Self::finish(&scope, pending, &mut results);
         results.map(|mut r| r.remove(0))
     }
@@ -503,6 +702,7 @@ impl QueryParser for OneStatement {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        identity(client)?;
         let count = self.parser.parse(sql).map_or(0, |s| s.len());
         if count > 1 {
             return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
