@@ -118,6 +118,12 @@ async fn users_log_in_with_scram_and_each_role_runs_only_its_statements() {
     ] {
         assert_eq!(sqlstate(&ana, sql).await, "42501", "reader: {sql}");
     }
+    // a cursor's query is checked, over both protocols
+    let declare = "DECLARE c CURSOR FOR SELECT 1 AS x INTO reader_table";
+    assert_eq!(sqlstate(&ana, declare).await, "42501");
+    let refused = ana.execute(declare, &[]).await.unwrap_err();
+    assert_eq!(refused.code().map(|c| c.code()), Some("42501"));
+    assert_eq!(sqlstate(&ana, "SELECT * FROM reader_table").await, "42P01");
     // the extended protocol is checked the same way
     let refused = ana
         .execute("DELETE FROM impact_weights WHERE key = $1", &[&"x"])
@@ -231,11 +237,15 @@ async fn admins_write_only_inside_export_dir_and_read_only_inside_external_locat
         );
         assert!(!outside.exists());
     }
-    let url = format!("file://{}", wh.path("url.parquet").display());
-    assert_eq!(
-        sqlstate(&root, &format!("COPY (SELECT 1) TO '{url}'")).await,
-        "42501"
-    );
+    // URLs as DataFusion reads them: file://, file:/ (no authority)
+    for url in [
+        format!("file://{}", wh.path("url.parquet").display()),
+        format!("file:{}", wh.path("url.parquet").display()),
+    ] {
+        let copy = format!("COPY (SELECT 1) TO '{url}'");
+        assert_eq!(sqlstate(&root, &copy).await, "42501", "{url}");
+    }
+    assert!(!wh.path("url.parquet").exists());
 
     std::fs::copy(&inside, shared.join("one.parquet")).unwrap();
     // a link inside the shared folder to a file outside it reads outside: refused
@@ -252,6 +262,10 @@ async fn admins_write_only_inside_export_dir_and_read_only_inside_external_locat
     );
     ok(&root, &external("e", &shared.join("one.parquet"))).await;
     assert_eq!(ok(&root, "SELECT x FROM e").await, [["7"]]);
+    // an external table is read-only: inserting would write files
+    assert_eq!(sqlstate(&root, "INSERT INTO e VALUES (8)").await, "42501");
+    let files = std::fs::read_dir(&shared).unwrap().count();
+    assert_eq!(files, 2, "a file was written into the shared folder");
     for outside in [inside.clone(), shared.join("link.parquet")] {
         assert_eq!(
             sqlstate(&root, &external("o", &outside)).await,
@@ -285,6 +299,13 @@ async fn timeouts_and_cancel_requests_stop_a_statement_with_57014_and_the_sessio
     assert_eq!(ok(&a, "SELECT 1").await, [["1"]]);
 
     // a cancel request (psql's Ctrl-C) from another connection
+    // statements of one query run one after the other: the first that fails ends it
+    let both = format!("{ENDLESS}; CREATE TABLE ran_anyway AS SELECT 1 AS x");
+    assert_eq!(sqlstate(&a, &both).await, "57014");
+    assert_eq!(sqlstate(&a, "SELECT * FROM ran_anyway").await, "42P01");
+    let rows = ok(&a, "SELECT 1 AS a; SELECT 2 AS b").await;
+    assert_eq!(rows, [["1"], ["2"]]);
+
     ok(&a, "SET statement_timeout = 0").await;
     let token = a.cancel_token();
     let cancel = tokio::spawn(async move {

@@ -7,6 +7,7 @@
 //!
 //! [`Functions`] builds them all once; the engine registers them in its session.
 
+pub mod catalog;
 pub mod drilldown;
 pub mod impact;
 pub mod kpi;

@@ -33,6 +33,7 @@ use crate::weights::WeightsTable;
 use tracecube_udfs::{Functions, SlaTable, WeightsHandle};
 
 pub mod isolation;
+pub mod pg_functions;
 
 /// Name of the catalog (the PostgreSQL database clients connect to).
 pub const CATALOG: &str = "tracecube";
@@ -267,6 +268,9 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
     ctx.register_table("rejects", visible.into_view())?;
 
     setup_pg_catalog(&ctx, CATALOG, EmptyContextProvider).map_err(WarehouseError::Session)?;
+    pg_functions::add_to_pg_catalog(&ctx, CATALOG)
+        .await
+        .map_err(|e| WarehouseError::Session(Box::new(e)))?;
     ctx.register_udf(tracecube_udfs::session::version());
     Ok(ctx)
 }

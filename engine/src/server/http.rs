@@ -17,6 +17,8 @@ use crate::cubes::registry::CubeRegistry;
 
 /// Longest request head read.
 const MAX_REQUEST: usize = 8 * 1024;
+/// Requests answered at once.
+const MAX_CONNECTIONS: usize = 16;
 /// A client has this long to send its request and read the answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -30,15 +32,25 @@ pub struct Endpoint {
 impl Endpoint {
     /// Answer requests on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
+            // at most MAX_CONNECTIONS requests at once; the others wait to be accepted
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
             match listener.accept().await {
                 Ok((socket, _)) => {
                     let endpoint = Arc::clone(&self);
                     tokio::spawn(async move {
                         let _ = tokio::time::timeout(TIMEOUT, endpoint.answer(socket)).await;
+                        drop(slot);
                     });
                 }
-                Err(e) => tracing::warn!("metrics endpoint: accept failed: {e}"),
+                Err(e) => {
+                    tracing::warn!("metrics endpoint: accept failed: {e}");
+                    // out of file descriptors: give running requests time to end
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
     }
@@ -73,11 +85,15 @@ impl Endpoint {
             ),
             "/healthz" => match self.cubes.refresh().await {
                 Ok(()) => ("200 OK", "text/plain", b"ok\n".to_vec()),
-                Err(e) => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    format!("the warehouse cannot be read: {e}\n").into_bytes(),
-                ),
+                Err(e) => {
+                    // the details (paths) are for the server's log, not for any caller
+                    tracing::warn!("health check: the warehouse cannot be read: {e}");
+                    (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        b"the warehouse cannot be read (see the server log)\n".to_vec(),
+                    )
+                }
             },
             _ => (
                 "404 Not Found",

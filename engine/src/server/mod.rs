@@ -223,7 +223,11 @@ impl Server {
                             }
                         });
                     }
-                    Err(e) => tracing::warn!("accept failed: {e}"),
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        // out of file descriptors: give sessions time to end
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
                 },
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             }

@@ -13,6 +13,7 @@
 
 use datafusion::catalog::CatalogProviderList;
 use datafusion::common::TableReference;
+use datafusion::datasource::{MemTable, source_as_provider};
 use datafusion::logical_expr::dml::WriteOp;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement};
 use datafusion::sql::sqlparser::ast;
@@ -191,13 +192,16 @@ pub struct Policy<'a> {
     /// Tracecube's own catalogs, shared by every connection.
     pub shared: &'a dyn CatalogProviderList,
     pub locations: &'a Locations,
+    /// The session's default catalog and schema (unqualified names resolve there).
+    pub default_catalog: &'a str,
+    pub default_schema: &'a str,
 }
 
 impl Policy<'_> {
     /// Whether `name` is one of Tracecube's own tables or views.
     fn is_shared(&self, name: &TableReference) -> bool {
-        let catalog = name.catalog().unwrap_or(CATALOG);
-        let schema = name.schema().unwrap_or(DEFAULT_SCHEMA);
+        let catalog = name.catalog().unwrap_or(self.default_catalog);
+        let schema = name.schema().unwrap_or(self.default_schema);
         self.shared
             .catalog(catalog)
             .and_then(|c| c.schema(schema))
@@ -206,7 +210,7 @@ impl Policy<'_> {
 
     fn is_shared_schema(&self, catalog: Option<&str>, schema: &str) -> bool {
         self.shared
-            .catalog(catalog.unwrap_or(CATALOG))
+            .catalog(catalog.unwrap_or(self.default_catalog))
             .is_some_and(|c| c.schema(schema).is_some())
     }
 
@@ -275,10 +279,22 @@ impl Policy<'_> {
                     _ => "this write",
                 };
                 let table = target.table();
-                let shared_schema = target.schema().is_none_or(|s| s == DEFAULT_SCHEMA)
-                    && target.catalog().is_none_or(|c| c == CATALOG);
+                let shared_schema = target.schema().unwrap_or(self.default_schema)
+                    == DEFAULT_SCHEMA
+                    && target.catalog().unwrap_or(self.default_catalog) == CATALOG;
                 if !self.is_shared(target) {
-                    self.requires(Role::Admin, &format!("{what} into a table of your own"))
+                    self.requires(Role::Admin, &format!("{what} into a table of your own"))?;
+                    // only in-memory tables: an external table's writes are files
+                    let in_memory =
+                        source_as_provider(&dml.target).is_ok_and(|t| t.is::<MemTable>());
+                    if in_memory || matches!(dml.op, WriteOp::Ctas) {
+                        Ok(())
+                    } else {
+                        Err(Forbidden(format!(
+                            "{what} on {target} would write its files: external tables are \
+                             read-only"
+                        )))
+                    }
                 } else if shared_schema && table == "impact_weights" {
                     self.requires(Role::Admin, &format!("{what} on impact_weights"))
                 } else if shared_schema && table == "traces" && matches!(dml.op, WriteOp::Insert(_))

@@ -18,17 +18,26 @@ use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{Set, SetExpr, Statement};
 use datafusion_postgres::hooks::HookClient;
+use datafusion_postgres::pgwire::api::portal::PortalExecutionState;
 use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use datafusion_postgres::pgwire::api::query::{send_execution_response, send_query_response};
 use datafusion_postgres::pgwire::api::results::{
     DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag,
 };
 use datafusion_postgres::pgwire::api::stmt::QueryParser;
+use datafusion_postgres::pgwire::api::stmt::StoredStatement;
+use datafusion_postgres::pgwire::api::store::Entry;
 use datafusion_postgres::pgwire::api::store::PortalStore;
 use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use datafusion_postgres::pgwire::api::{DEFAULT_NAME, PgWireConnectionState};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
+use datafusion_postgres::pgwire::messages::extendedquery::Execute;
+use datafusion_postgres::pgwire::messages::extendedquery::{Parse, ParseComplete};
+use datafusion_postgres::pgwire::messages::response::EmptyQueryResponse;
 use datafusion_postgres::{DfSessionService, QueryHook};
+use futures::SinkExt;
 use futures::{Sink, StreamExt};
 
 use super::auth::{Access, Identity};
@@ -44,7 +53,7 @@ use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser
 
 /// The session setting that turns the cube rewrite off (`SET tracecube.use_cubes = off`).
 pub const USE_CUBES: &str = "tracecube.use_cubes";
-/// How many recent queries `tracecube.queries` keeps.
+/// How many recent queries of each user `tracecube.queries` keeps.
 pub const QUERY_LOG_SIZE: usize = 1_000;
 /// Where a connection's `statement_timeout` (milliseconds) is kept: the key
 /// `datafusion-postgres`'s `SET statement_timeout` writes and its `SHOW` reads.
@@ -149,6 +158,36 @@ fn rows_unless(stop: Interrupt, responses: &mut [Response]) {
     }
 }
 
+/// `answers` with their rows computed: the statement has run to its end.
+async fn run_to_end(answers: Vec<Response>) -> PgWireResult<Vec<Response>> {
+    let mut done = Vec::with_capacity(answers.len());
+    for answer in answers {
+        done.push(match answer {
+            Response::Query(mut q) => {
+                let rows: Vec<_> = q.data_rows.by_ref().collect().await;
+                let rows = rows.into_iter().collect::<PgWireResult<Vec<_>>>()?;
+                Response::Query(QueryResponse::new(
+                    q.row_schema(),
+                    futures::stream::iter(rows.into_iter().map(Ok)),
+                ))
+            }
+            other => other,
+        });
+    }
+    Ok(done)
+}
+
+/// `error` as the `ErrorResponse` the client receives.
+fn error_info(error: PgWireError) -> ErrorInfo {
+    match error {
+        PgWireError::UserError(info) => *info,
+        other => match with_sqlstate(other) {
+            PgWireError::UserError(info) => *info,
+            other => ErrorInfo::new("ERROR".into(), "XX000".into(), other.to_string()),
+        },
+    }
+}
+
 /// The SQLSTATE a client receives for `error`.
 fn code_of(error: &PgWireError) -> String {
     match error {
@@ -192,7 +231,11 @@ struct LoggedQuery {
 /// The most recent queries, oldest first, and the server's metrics they feed.
 #[derive(Debug, Default)]
 pub struct QueryLog {
-    entries: Mutex<(i64, VecDeque<LoggedQuery>)>,
+    /// The last id given, and each user's most recent queries.
+    entries: Mutex<(
+        i64,
+        std::collections::HashMap<Option<String>, VecDeque<LoggedQuery>>,
+    )>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -221,23 +264,26 @@ impl QueryLog {
         let mut guard = self.entries.lock().expect("query log lock");
         guard.0 += 1;
         entry.id = guard.0;
-        if guard.1.len() == QUERY_LOG_SIZE {
-            guard.1.pop_front();
+        // each user's own recent queries: one user's many never push out another's
+        let own = guard.1.entry(entry.user.clone()).or_default();
+        if own.len() == QUERY_LOG_SIZE {
+            own.pop_front();
         }
-        guard.1.push_back(entry);
+        own.push_back(entry);
     }
 
     /// The logged queries, only those of `user` when given.
     fn batch(&self, user: Option<&str>) -> datafusion::common::Result<RecordBatch> {
-        let entries: Vec<LoggedQuery> = self
+        let mut entries: Vec<LoggedQuery> = self
             .entries
             .lock()
             .expect("query log lock")
             .1
             .iter()
-            .filter(|e| user.is_none_or(|u| e.user.as_deref() == Some(u)))
-            .cloned()
+            .filter(|(who, _)| user.is_none_or(|u| who.as_deref() == Some(u)))
+            .flat_map(|(_, queries)| queries.iter().cloned())
             .collect();
+        entries.sort_by_key(|e| e.id);
         let columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.id))),
             Arc::new(
@@ -351,6 +397,10 @@ pub struct QueryHandler {
     parser: PostgresCompatibilityParser,
     /// The parser of prepared statements.
     prepared: Arc<OneStatement>,
+    /// Names of the connection's prepared statements: protocol-level (`Parse`) and SQL
+    /// `PREPARE`d, for `DEALLOCATE ALL`.
+    /// (name, whether it was prepared with SQL `PREPARE`)
+    statement_names: Mutex<std::collections::BTreeSet<(String, bool)>>,
 }
 
 impl QueryHandler {
@@ -382,21 +432,90 @@ impl QueryHandler {
             access,
             parser: PostgresCompatibilityParser::new(),
             prepared,
+            statement_names: Mutex::default(),
         }
     }
 
-    fn policy<'a>(&'a self, identity: &Identity) -> Policy<'a> {
+    /// `DEALLOCATE name` and `DEALLOCATE ALL`, of statements prepared over the protocol
+    /// (`Parse`, as drivers do) or with SQL `PREPARE`.
+    async fn deallocate<C>(
+        &self,
+        client: &C,
+        name: &str,
+        quoted: bool,
+    ) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore,
+        C::PortalStore: PortalStore,
+    {
+        let all = !quoted && name.eq_ignore_ascii_case("all");
+        let (protocol, sql): (Vec<String>, Vec<String>) = {
+            let mut names = self.statement_names.lock().expect("statement names lock");
+            let taken: Vec<(String, bool)> = if all {
+                std::mem::take(&mut *names).into_iter().collect()
+            } else {
+                names
+                    .take(&(name.to_string(), false))
+                    .into_iter()
+                    .chain(names.take(&(name.to_string(), true)))
+                    .collect()
+            };
+            let (sql, protocol): (Vec<_>, Vec<_>) = taken.into_iter().partition(|(_, sql)| *sql);
+            (
+                protocol.into_iter().map(|(n, _)| n).collect(),
+                sql.into_iter().map(|(n, _)| n).collect(),
+            )
+        };
+        if !all && protocol.is_empty() && sql.is_empty() {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                "26000".into(),
+                format!("prepared statement \"{name}\" does not exist"),
+            ))));
+        }
+        for name in &protocol {
+            client.portal_store().rm_statement(name);
+        }
+        for name in &sql {
+            // DataFusion removes what SQL PREPARE stored
+            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+            if let Err(e) = self.ctx.sql(&format!("DEALLOCATE {quoted}")).await {
+                tracing::debug!("DEALLOCATE {quoted}: {e}");
+            }
+        }
+        if all {
+            client.portal_store().clear_portals();
+            return Ok(vec![Response::Execution(Tag::new("DEALLOCATE ALL"))]);
+        }
+        Ok(vec![Response::Execution(Tag::new("DEALLOCATE"))])
+    }
+
+    fn policy<'a>(&'a self, identity: &Identity, defaults: &'a (String, String)) -> Policy<'a> {
         Policy {
             role: identity.role,
             shared: self.shared.as_ref(),
             locations: &self.access.locations,
+            default_catalog: &defaults.0,
+            default_schema: &defaults.1,
         }
+    }
+
+    /// The session's default catalog and schema.
+    fn defaults(&self) -> (String, String) {
+        let state = self.ctx.state_ref();
+        let state = state.read();
+        let options = &state.config_options().catalog;
+        (
+            options.default_catalog.clone(),
+            options.default_schema.clone(),
+        )
     }
 
     /// Check one statement just before it runs (so that it is planned over what the
     /// statements before it did): refused, or failing to plan, it does not run.
     async fn check(&self, identity: &Identity, statement: &Statement) -> Result<(), PgWireError> {
-        let policy = self.policy(identity);
+        let defaults = self.defaults();
+        let policy = self.policy(identity, &defaults);
         policy.check_statement(statement).map_err(forbidden)?;
         let state = self.ctx.state();
         // A cursor runs its query.
@@ -435,6 +554,15 @@ impl QueryHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let identity = identity(client)?;
+        if let Statement::Deallocate { name, .. } = statement {
+            return self
+                .deallocate(client, &name.value, name.quote_style.is_some())
+                .await;
+        }
+        if let Statement::Prepare { name, .. } = statement {
+            let mut names = self.statement_names.lock().expect("statement names lock");
+            names.insert((name.value.clone(), true));
+        }
         let query = statement.to_string();
         let (mut scope, pending) = self.begin(client, &query).await;
         let stop = interrupt(client).await;
@@ -573,10 +701,24 @@ impl SimpleQueryHandler for QueryHandler {
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
-        // One statement after the other, each checked just before it runs.
+        // One statement after the other, each checked just before it runs and run to its
+        // end before the next starts (its rows kept for the client); the first that fails
+        // ends the query, as in PostgreSQL.
+        let last = statements.len() - 1;
         let mut responses = Vec::with_capacity(statements.len());
-        for statement in &statements {
-            responses.extend(self.run_simple(client, statement).await?);
+        for (i, statement) in statements.iter().enumerate() {
+            let result = match self.run_simple(client, statement).await {
+                Ok(answers) if i < last => run_to_end(answers).await,
+                other => other,
+            };
+            match result {
+                Ok(answers) => responses.extend(answers),
+                Err(_) if responses.is_empty() => return result,
+                Err(error) => {
+                    responses.push(Response::Error(Box::new(error_info(error))));
+                    break;
+                }
+            }
         }
         Ok(responses)
     }
@@ -589,6 +731,98 @@ impl ExtendedQueryHandler for QueryHandler {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         Arc::clone(&self.prepared)
+    }
+
+    /// `Execute` of a whole portal streams its rows to the client as they are computed
+    /// (pgwire's default gathers every row in memory first); a portal fetched a few rows
+    /// at a time (`max_rows > 0`, cursors of JDBC's `setFetchSize`) is pgwire's.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let portal = match client.portal_store().get_portal(name) {
+            Some(Entry::Value(portal)) if message.max_rows == 0 => portal,
+            _ => return self._on_execute(client, message).await,
+        };
+        if !matches!(*portal.state().lock().await, PortalExecutionState::Initial) {
+            return self._on_execute(client, message).await;
+        }
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        let mut status = client.transaction_status();
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        match ExtendedQueryHandler::do_query(self, client, portal.as_ref(), 0).await? {
+            Response::Query(results) => {
+                let schema = results.row_schema();
+                send_query_response(client, results, false).await?;
+                // executing the finished portal again answers no rows
+                portal
+                    .start(QueryResponse::new(schema, futures::stream::empty()))
+                    .await;
+                let _ = portal.fetch(0).await;
+            }
+            Response::EmptyQuery => {
+                client
+                    .feed(PgWireBackendMessage::EmptyQueryResponse(
+                        EmptyQueryResponse::new(),
+                    ))
+                    .await?
+            }
+            Response::Execution(tag) => send_execution_response(client, tag).await?,
+            Response::TransactionStart(tag) => {
+                send_execution_response(client, tag).await?;
+                status = status.to_in_transaction_state();
+            }
+            Response::TransactionEnd(tag) => {
+                send_execution_response(client, tag).await?;
+                status = status.to_idle_state();
+                client.portal_store().rm_portal(DEFAULT_NAME);
+            }
+            Response::Error(error) => {
+                client
+                    .send(PgWireBackendMessage::ErrorResponse((*error).into()))
+                    .await?;
+                status = status.to_error_state();
+            }
+            Response::CopyIn(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {
+                return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "ERROR".into(),
+                    "0A000".into(),
+                    "COPY is not supported over the extended protocol".into(),
+                ))));
+            }
+        }
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(status);
+        Ok(())
+    }
+
+    /// pgwire's `Parse`, noting the statement's name for `DEALLOCATE ALL`.
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.clone().unwrap_or_default();
+        match StoredStatement::parse(client, &message, self.query_parser()).await? {
+            Some(stmt) => client.portal_store().put_statement(Arc::new(stmt)),
+            None => client.portal_store().put_empty_statement(&name),
+        }
+        if !name.is_empty() {
+            let mut names = self.statement_names.lock().expect("statement names lock");
+            names.insert((name, false));
+        }
+        client
+            .send(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
+            .await?;
+        Ok(())
     }
 
     async fn do_query<C>(
@@ -607,12 +841,20 @@ impl ExtendedQueryHandler for QueryHandler {
         let query = &portal.statement.statement.0;
         let (mut scope, pending) = self.begin(client, query).await;
         if let (_, Some((statement, plan))) = &portal.statement.statement {
-            let policy = self.policy(&identity);
-            let checked = policy
-                .check_statement(statement)
-                .and_then(|()| policy.check(plan));
-            if let Err(refusal) = checked {
-                return Err(self.refuse(pending, &scope, forbidden(refusal)));
+            let checked = match statement {
+                // the plan of a cursor is a placeholder: check the query it runs
+                Statement::Declare { .. } => self.check(&identity, statement).await,
+                _ => {
+                    let defaults = self.defaults();
+                    let policy = self.policy(&identity, &defaults);
+                    policy
+                        .check_statement(statement)
+                        .and_then(|()| policy.check(plan))
+                        .map_err(forbidden)
+                }
+            };
+            if let Err(error) = checked {
+                return Err(self.refuse(pending, &scope, error));
             }
         }
         let stop = interrupt(client).await;
