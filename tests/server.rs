@@ -3,6 +3,8 @@
 
 #[path = "server/access.rs"]
 mod access;
+#[path = "server/clients.rs"]
+mod clients;
 mod common;
 
 use std::collections::BTreeMap;

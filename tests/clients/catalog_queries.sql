@@ -1,7 +1,9 @@
 -- What BI tools and SQL clients send when they connect and browse the catalog: Metabase,
 -- Grafana, DBeaver, pgAdmin and pgcli (as recorded by datafusion-postgres's client tests).
 -- Each query starts after a `-- @<tool>` line; tests/server/clients.rs runs every one,
--- as a reader, and each must succeed.
+-- as a reader, and each must succeed, except those marked `known-gap`, which must still
+-- fail (so that this list stays true): they cast pg_catalog's text columns to `regproc` or
+-- `regtype[]`, which the pg_catalog of datafusion-postgres does not support yet.
 
 -- @metabase
 SET extra_float_digits = 2
@@ -130,7 +132,7 @@ SELECT n.oid,n.*,d.description FROM pg_catalog.pg_namespace n LEFT OUTER JOIN pg
 -- @dbeaver
 SELECT n.nspname = ANY(current_schemas(true)), n.nspname, t.typname FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON t.typnamespace = n.oid WHERE t.oid = 1034
 
--- @dbeaver
+-- @dbeaver known-gap
 SELECT typinput='pg_catalog.array_in'::regproc as is_array, typtype, typname, pg_type.oid   FROM pg_catalog.pg_type   LEFT JOIN (select ns.oid as nspoid, ns.nspname, r.r           from pg_namespace as ns           join ( select s.r, (current_schemas(false))[s.r] as nspname                    from generate_series(1, array_upper(current_schemas(false), 1)) as s(r) ) as r          using ( nspname )        ) as sp     ON sp.nspoid = typnamespace  WHERE pg_type.oid = 1034  ORDER BY sp.r, pg_type.oid DESC
 
 -- @dbeaver
@@ -326,7 +328,7 @@ SELECT d.datname
                 FROM pg_catalog.pg_database d
                 ORDER BY 1
 
--- @pgcli
+-- @pgcli known-gap
 SELECT n.nspname schema_name,
                                 p.proname func_name,
                                 p.proargnames,

@@ -37,7 +37,7 @@ fn user(name: &str, role: Role, verifier: String) -> UserConfig {
 
 /// ana (reader), lou (loader), root (admin); passwords `<name>-pw`. The verifiers come from
 /// three makers: PostgreSQL's client library, `tracecube passwd`, and the engine itself.
-fn users() -> Vec<UserConfig> {
+pub(super) fn users() -> Vec<UserConfig> {
     vec![
         user(
             "ana",
@@ -388,7 +388,7 @@ async fn metrics_count_connections_queries_rows_bytes_and_cube_answers() {
 }
 
 /// A self-signed certificate for localhost and 127.0.0.1, made with openssl.
-fn certificate(dir: &Path) -> TlsConfig {
+pub(super) fn certificate(dir: &Path) -> TlsConfig {
     let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
     let status = Command::new("openssl")
         .args([
