@@ -53,8 +53,12 @@ pub async fn prepare_server(
         demo::seed_weights(&warehouse).await?;
     }
     let ctx = catalog::session(&warehouse).await?;
+    let user = match warehouse.config().users.first() {
+        Some(user) => user.name.as_str(),
+        None => crate::server::DEFAULT_USER,
+    };
     tracing::info!(
-        "ready in {:.2} s: PostgreSQL clients can connect to {} (e.g. psql -h {} -p {} -U tracecube)",
+        "ready in {:.2} s: PostgreSQL clients can connect to {} (e.g. psql -h {} -p {} -U {user})",
         started.elapsed().as_secs_f64(),
         server.local_addr()?,
         server.local_addr()?.ip(),

@@ -33,6 +33,7 @@ use crate::weights::WeightsTable;
 use tracecube_udfs::{Functions, SlaTable, WeightsHandle};
 
 pub mod isolation;
+pub mod memory;
 pub mod pg_functions;
 
 /// Name of the catalog (the PostgreSQL database clients connect to).
@@ -160,8 +161,18 @@ pub fn connection_session(shared: &SessionContext) -> SessionContext {
     let catalogs = Arc::new(isolation::ConnectionCatalogs::new(Arc::clone(
         state.catalog_list(),
     )));
+    // the connection's statements draw on the shared pool, each at most its share
+    let runtime = state.runtime_env();
+    let runtime = match memory::ConnectionShare::of(&runtime.memory_pool) {
+        Some(share) => RuntimeEnvBuilder::from_runtime_env(runtime)
+            .with_memory_pool(Arc::new(share))
+            .build_arc()
+            .unwrap_or_else(|_| Arc::clone(runtime)),
+        None => Arc::clone(runtime),
+    };
     let state = SessionStateBuilder::new_from_existing(state)
         .with_catalog_list(catalogs)
+        .with_runtime_env(runtime)
         .build();
     SessionContext::new_with_state(state)
 }
