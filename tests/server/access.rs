@@ -157,7 +157,12 @@ async fn users_log_in_with_scram_and_each_role_runs_only_its_statements() {
         .await,
         [["1"]]
     );
-    ok(&root, "DELETE FROM impact_weights WHERE key = 'phone'").await;
+    // over the extended protocol, a DELETE answers its count as a command tag
+    let deleted = root
+        .execute("DELETE FROM impact_weights WHERE key = $1", &[&"phone"])
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
     ok(&root, "CREATE TABLE mine AS SELECT 1 AS x").await;
     // still no server file, configured nowhere
     let target = wh.path("x.csv");

@@ -101,11 +101,11 @@ mod tests {
         let shared: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(1000));
         let a = Arc::new(ConnectionShare::of(&shared).unwrap()) as Arc<dyn MemoryPool>;
         let b = Arc::new(ConnectionShare::of(&shared).unwrap()) as Arc<dyn MemoryPool>;
-        let mut hog = MemoryConsumer::new("hog").register(&a);
+        let hog = MemoryConsumer::new("hog").register(&a);
         hog.try_grow(500).unwrap();
         let error = hog.try_grow(1).unwrap_err().to_string();
         assert!(error.contains("share"), "{error}");
-        let mut other = MemoryConsumer::new("other").register(&b);
+        let other = MemoryConsumer::new("other").register(&b);
         other.try_grow(400).unwrap();
         drop(hog);
         assert_eq!(a.reserved(), 0);

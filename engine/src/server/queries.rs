@@ -158,6 +158,44 @@ fn rows_unless(stop: Interrupt, responses: &mut [Response]) {
     }
 }
 
+/// The command tag `<verb> <count>` of a write whose answer is one row holding its count.
+async fn command_tag(verb: &str, mut answer: QueryResponse) -> PgWireResult<Response> {
+    let mut count = 0u64;
+    while let Some(row) = answer.data_rows.next().await {
+        let row = row?;
+        // one field: a 4-byte length, then the value: text digits, or a big-endian
+        // integer when the client asked for binary results
+        let value = row.data.get(4..).unwrap_or_default();
+        let text = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+        count += match (text, <[u8; 8]>::try_from(value)) {
+            (Some(n), _) => n,
+            (None, Ok(bytes)) => u64::from_be_bytes(bytes),
+            (None, Err(_)) => binary_numeric(value),
+        };
+    }
+    Ok(Response::Execution(
+        Tag::new(verb).with_rows(count as usize),
+    ))
+}
+
+/// A non-negative whole PostgreSQL `numeric` in binary form: digit count, weight, sign
+/// and scale (2 bytes each), then base-10 000 digits.
+fn binary_numeric(value: &[u8]) -> u64 {
+    let word = |i: usize| {
+        value
+            .get(2 * i..2 * i + 2)
+            .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]))
+    };
+    let (digits, weight) = (word(0).max(0) as usize, word(1));
+    (0..digits).fold(0u64, |n, i| {
+        let power = weight as i64 - i as i64;
+        if power < 0 {
+            return n;
+        }
+        n.saturating_add((word(4 + i).max(0) as u64).saturating_mul(10_000u64.pow(power as u32)))
+    })
+}
+
 /// `answers` with their rows computed: the statement has run to its end.
 async fn run_to_end(answers: Vec<Response>) -> PgWireResult<Vec<Response>> {
     let mut done = Vec::with_capacity(answers.len());
@@ -228,14 +266,14 @@ struct LoggedQuery {
     role: Option<&'static str>,
 }
 
+/// Each user's most recent queries, oldest first.
+type ByUser = std::collections::HashMap<Option<String>, VecDeque<LoggedQuery>>;
+
 /// The most recent queries, oldest first, and the server's metrics they feed.
 #[derive(Debug, Default)]
 pub struct QueryLog {
     /// The last id given, and each user's most recent queries.
-    entries: Mutex<(
-        i64,
-        std::collections::HashMap<Option<String>, VecDeque<LoggedQuery>>,
-    )>,
+    entries: Mutex<(i64, ByUser)>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -590,6 +628,20 @@ impl QueryHandler {
             )
             .await;
         }
+        let verb = match statement {
+            Statement::Delete(_) => Some("DELETE"),
+            Statement::Update { .. } => Some("UPDATE"),
+            _ => None,
+        };
+        let result = match (verb, result) {
+            (Some(verb), Ok(mut answers)) if matches!(answers.as_slice(), [Response::Query(_)]) => {
+                let Some(Response::Query(q)) = answers.pop() else {
+                    unreachable!("matched one query answer")
+                };
+                unless(&stop, command_tag(verb, q)).await.map(|r| vec![r])
+            }
+            (_, other) => other,
+        };
         let mut result = result.map_err(with_sqlstate);
         if let Ok(responses) = &mut result {
             rows_unless(stop, responses);
@@ -879,6 +931,17 @@ impl ExtendedQueryHandler for QueryHandler {
             )
             .await;
         }
+        // a DELETE or UPDATE answers its count as a command tag, as PostgreSQL does
+        // (clients described it as returning no rows)
+        let verb = match &portal.statement.statement.1 {
+            Some((Statement::Delete(_), _)) => Some("DELETE"),
+            Some((Statement::Update { .. }, _)) => Some("UPDATE"),
+            _ => None,
+        };
+        let result = match (verb, result) {
+            (Some(verb), Ok(Response::Query(q))) => unless(&stop, command_tag(verb, q)).await,
+            (_, other) => other,
+        };
         let mut results = result.map(|r| vec![r]).map_err(with_sqlstate);
         if let Ok(responses) = &mut results {
             rows_unless(stop, responses);
@@ -1147,6 +1210,15 @@ impl QueryHook for UseCubesHook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_numerics_are_read() {
+        // 12 345 678: digits 1234, 5678, weight 1
+        let value = [0, 2, 0, 1, 0, 0, 0, 0, 0x04, 0xD2, 0x16, 0x2E];
+        assert_eq!(binary_numeric(&value), 12_345_678);
+        assert_eq!(binary_numeric(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 7]), 7);
+        assert_eq!(binary_numeric(&[0, 0, 0, 0, 0, 0, 0, 0]), 0);
+    }
 
     #[test]
     fn only_one_read_only_statement_that_used_a_cube_runs_again_raw() {
