@@ -3,7 +3,6 @@
 //! `pg_get_function_arguments`, `pg_get_function_result`, `pg_function_is_visible`,
 //! `pg_type_is_visible`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringArray};
@@ -168,22 +167,17 @@ impl ScalarUDFImpl for Describe {
         Ok(DataType::Utf8)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let texts: HashMap<i64, String> = FUNCTIONS
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let text = if self.result {
-                    f.result.to_string()
-                } else {
-                    f.arguments()
-                };
-                (oid(i) as i64, text)
+        // the function of an oid is found by its position: oids are FIRST_OID + index
+        let describe = |oid: i64| {
+            let f = FUNCTIONS.get(usize::try_from(oid - FIRST_OID as i64).ok()?)?;
+            Some(if self.result {
+                f.result.to_string()
+            } else {
+                f.arguments()
             })
-            .collect();
-        map_oids(&args.args[0], args.number_rows, |oid| {
-            texts.get(&oid).cloned()
-        })
-        .map(|a| ColumnarValue::Array(Arc::new(StringArray::from(a))))
+        };
+        map_oids(&args.args[0], args.number_rows, describe)
+            .map(|a| ColumnarValue::Array(Arc::new(StringArray::from(a))))
     }
 }
 
