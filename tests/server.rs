@@ -336,6 +336,50 @@ async fn no_sql_touches_server_files_or_tracecube_objects_and_connections_are_is
     ok(&a, "SET datafusion.execution.batch_size = 123").await;
     assert_eq!(ok(&a, batch).await, [["123"]]);
     assert_eq!(ok(&b, batch).await, before);
+    // Tracecube's settings live in the same per-connection options.
+    let cubes = "SELECT value FROM information_schema.df_settings \
+                 WHERE name = 'tracecube.use_cubes'";
+    assert_eq!(ok(&a, cubes).await, [["on"]]);
+    ok(&a, "SET \"tracecube\".\"use_cubes\" TO FALSE").await;
+    assert_eq!(ok(&a, cubes).await, [["off"]]);
+    assert_eq!(ok(&a, "SHOW tracecube.use_cubes").await, [["off"]]);
+    assert_eq!(ok(&b, cubes).await, [["on"]]);
+    for (sql, code) in [
+        ("SET tracecube.use_cubes = sometimes", "22023"),
+        ("SET tracecube.no_such_setting = on", "42704"),
+        ("SHOW tracecube.no_such_setting", "42704"),
+        ("SET datafusion.execution.batch_size = 'many'", "22023"),
+        ("SET datafusion.no_such.setting = 1", "42704"),
+        ("SET TIME ZONE 'Mars/Olympus_Mons'", "22023"),
+        ("SET timezone = '+99'", "22023"),
+        ("SET server_version = '99'", "55P02"),
+    ] {
+        assert_eq!(sqlstate(&a, sql).await, code, "{sql}");
+        let extended = a.query(sql, &[]).await.unwrap_err();
+        let got = extended.as_db_error().map(|d| d.code().code().to_string());
+        assert_eq!(got.as_deref(), Some(code), "{sql} (extended): {extended:?}");
+    }
+    assert_eq!(ok(&a, cubes).await, [["off"]]);
+    assert_eq!(ok(&a, batch).await, [["123"]]);
+    // The time zone: how instants without an offset are read, and what now() gives.
+    let midnight = "SELECT CAST('2026-01-01 00:00:00' AS TIMESTAMP WITH TIME ZONE) \
+                    = CAST('2026-01-01 05:00:00+00:00' AS TIMESTAMP WITH TIME ZONE)";
+    assert_eq!(ok(&a, midnight).await, [["f"]]);
+    ok(&a, "SET TIME ZONE 'America/New_York'").await;
+    assert_eq!(ok(&a, midnight).await, [["t"]]);
+    assert_eq!(ok(&a, "SHOW TIME ZONE").await, [["America/New_York"]]);
+    assert_eq!(ok(&a, "SHOW timezone").await, [["America/New_York"]]);
+    let now = ok(&a, "SELECT arrow_typeof(now())").await;
+    assert!(now[0][0].contains("America/New_York"), "{now:?}");
+    assert_eq!(ok(&b, midnight).await, [["f"]]);
+    assert_eq!(ok(&b, "SHOW TIME ZONE").await, [["Etc/UTC"]]);
+    ok(&a, "SET TIME ZONE -5").await;
+    assert_eq!(ok(&a, midnight).await, [["t"]]);
+    ok(&a, "SET timezone TO 'UTC+5'").await; // POSIX: five hours west
+    assert_eq!(ok(&a, midnight).await, [["t"]]);
+    ok(&a, "SET TIME ZONE LOCAL").await;
+    assert_eq!(ok(&a, midnight).await, [["f"]]);
+    assert_eq!(ok(&a, "SHOW TIME ZONE").await, [["Etc/UTC"]]);
 
     // The server says what it is as PostgreSQL does.
     let version = ok(&a, "SELECT version()").await;

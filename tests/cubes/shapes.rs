@@ -420,3 +420,57 @@ async fn bi_tool_query_shapes_give_raw_answers_and_use_cubes() {
     drop(client);
     server.stop().await;
 }
+
+/// Shapes whose meaning depends on the session's time zone: instants written without an
+/// offset (`::timestamptz`, `to_timestamp`) are read in it, and `now()` is given in it.
+const ZONED_SHAPES: &[&str] = &[
+    "SELECT channel, count(*) FROM traces WHERE ts >= '2026-03-01 00:00:00'::timestamptz GROUP BY 1 ORDER BY 1",
+    "SELECT day, count(*) FROM traces WHERE ts >= CAST('2026-03-01' AS TIMESTAMP WITH TIME ZONE) AND ts < CAST('2026-03-08' AS TIMESTAMP WITH TIME ZONE) GROUP BY 1 ORDER BY 1",
+    "SELECT category, count(*) FROM traces WHERE ts < to_timestamp('2026-04-01 06:30:00') GROUP BY 1 ORDER BY 1",
+    "SELECT channel, count(*) FROM traces WHERE ts >= now() - INTERVAL '3650 days' GROUP BY 1 ORDER BY 1",
+    "SELECT date_trunc('day', ts) AS d, count(*) FROM traces WHERE ts >= '2026-05-01'::timestamptz GROUP BY 1 ORDER BY 1",
+    "SELECT date_trunc('month', day) AS m, count(*) FROM traces WHERE ts >= '2026-02-01 00:00:00'::timestamptz AND ts < '2026-07-01 00:00:00'::timestamptz GROUP BY 1 ORDER BY 1",
+    "SELECT minute, count(*) FROM traces WHERE ts >= '{recent}'::timestamptz GROUP BY 1 ORDER BY 1",
+];
+
+/// `SET TIME ZONE` changes how the connection's instants are read, and the cube rewrite
+/// answers exactly what the raw plan answers in every zone: whole-hour, half- and
+/// quarter-hour offsets, daylight saving, a POSIX offset (west of UTC) and a number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cube_answers_equal_raw_answers_in_every_session_time_zone() {
+    let wh = TestWarehouse::new().await;
+    let source = wh.generate("zoned", 6_000, 21);
+    wh.load(&[&source], LoadOptions::default()).await.unwrap();
+    let server = TestServer::start(wh.config()).await;
+    let client = server.connect().await;
+    let mut check = Checker {
+        recent: recent(&client).await,
+        served: 0,
+    };
+    let count = "SELECT count(*) FROM traces WHERE ts >= '2026-03-03 12:00:00'::timestamptz";
+    let in_utc = rows(&client, count).await;
+    for zone in [
+        "'Pacific/Chatham'",
+        "'America/St_Johns'",
+        "'Asia/Kathmandu'",
+        "'UTC+3'",
+        "-9.5",
+        "'Europe/Paris'",
+    ] {
+        rows(&client, &format!("SET TIME ZONE {zone}")).await;
+        for sql in ZONED_SHAPES {
+            check.simple(&client, sql, Either).await;
+            check.extended(&client, sql, &[], &[], Either).await;
+        }
+        assert_ne!(rows(&client, count).await, in_utc, "{zone} was not used");
+    }
+    assert!(check.served > 0, "no zoned shape was answered by a cube");
+    // the zone is the connection's own, and DEFAULT brings the server's back
+    let other = server.connect().await;
+    assert_eq!(rows(&other, count).await, in_utc);
+    assert_eq!(rows(&other, "SHOW TIME ZONE").await, [["Etc/UTC"]]);
+    rows(&client, "SET TIME ZONE DEFAULT").await;
+    assert_eq!(rows(&client, count).await, in_utc);
+    drop((client, other));
+    server.stop().await;
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::server::metrics::{CountingRegistry, Metrics};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::{MemorySchemaProvider, Session, TableProvider};
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Result;
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
@@ -22,24 +22,23 @@ use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContex
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use tokio::sync::Mutex;
 
-use crate::cubes::registry::{CubeRegistry, CubesTable, TracesTable};
+use crate::cubes::registry::{CubeRegistry, TracesTable};
 use crate::cubes::rewrite::CubeRewrite;
 use crate::cubes::time_filters::LocalDays;
 use crate::journeys;
-use crate::server::queries::{QueriesTable, QueryLog};
-use crate::system::SystemTable;
+use crate::system::{self, queries::QueryLog};
 use crate::warehouse::{Table, Warehouse, WarehouseError};
 use crate::weights::WeightsTable;
+use settings::TracecubeOptions;
 use tracecube_udfs::{Functions, SlaTable, WeightsHandle};
 
 pub mod isolation;
 pub mod memory;
 pub mod pg_functions;
+pub mod settings;
 
 /// Name of the catalog (the PostgreSQL database clients connect to).
 pub const CATALOG: &str = "tracecube";
-/// Schema of the system tables.
-pub const SYSTEM_SCHEMA: &str = "tracecube";
 /// How long a table's snapshot is trusted before checking for a newer version.
 const FRESHNESS: Duration = Duration::from_secs(1);
 
@@ -207,7 +206,8 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
     let config = SessionConfig::new()
         .with_information_schema(true)
         .with_default_catalog_and_schema(CATALOG, "public")
-        .with_create_default_catalog_and_schema(true);
+        .with_create_default_catalog_and_schema(true)
+        .with_option_extension(TracecubeOptions::default());
     let cubes = CubeRegistry::open(warehouse).await?;
     let metrics = Arc::new(Metrics::default());
     let queries = Arc::new(QueryLog::new(Arc::clone(&metrics)));
@@ -246,19 +246,7 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
     journeys::register(&ctx, warehouse.config().journey_gap_seconds()?).await?;
 
     let loads = Arc::new(LiveTable::open(warehouse, Table::Loads).await?);
-    let system = Arc::new(MemorySchemaProvider::new());
-    ctx.catalog(CATALOG)
-        .expect("default catalog exists")
-        .register_schema(SYSTEM_SCHEMA, system)?;
-    ctx.register_table(format!("{SYSTEM_SCHEMA}.loads").as_str(), loads.clone())?;
-    ctx.register_table(
-        format!("{SYSTEM_SCHEMA}.cubes").as_str(),
-        Arc::new(SystemTable(CubesTable::new(Arc::clone(&cubes)))),
-    )?;
-    ctx.register_table(
-        format!("{SYSTEM_SCHEMA}.queries").as_str(),
-        Arc::new(SystemTable(QueriesTable::new(queries))),
-    )?;
+    system::register(&ctx, CATALOG, loads.clone(), Arc::clone(&cubes), queries)?;
 
     // Rejected rows are visible once their load committed: a load stopped between writing
     // its rejects and committing its rows leaves nothing behind.

@@ -13,10 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Result;
 use datafusion::datasource::TableType;
@@ -30,8 +27,6 @@ use super::CubeDef;
 use super::build::{CubeStatus, status};
 use super::dictionary::CubeDictionaries;
 use super::memory::MemoryCube;
-use crate::schema::timestamp_type;
-use crate::system::SystemRows;
 use crate::warehouse::{Table, Warehouse, WarehouseError};
 
 /// How long the known versions are trusted before the logs are checked again.
@@ -101,6 +96,11 @@ impl std::fmt::Debug for CubeRegistry {
 }
 
 impl CubeRegistry {
+    /// Where `cube`'s table is stored.
+    pub fn location(&self, cube: &ServedCube) -> String {
+        self.warehouse.dir_url(&cube.dir).to_string()
+    }
+
     /// The cubes configured for `warehouse`, read once.
     pub async fn open(warehouse: &Warehouse) -> Result<Arc<Self>, WarehouseError> {
         let defs = CubeDef::all(&warehouse.config().cubes)?;
@@ -501,95 +501,9 @@ impl TableProvider for PruningOnly {
     }
 }
 
-/// `tracecube.cubes`: one row per configured cube.
-#[derive(Debug)]
-pub struct CubesTable {
-    registry: Arc<CubeRegistry>,
-}
-
-impl CubesTable {
-    pub fn new(registry: Arc<CubeRegistry>) -> Self {
-        CubesTable { registry }
-    }
-
-    fn batch(&self, snapshot: &CubeSnapshot) -> Result<RecordBatch> {
-        let cubes = &snapshot.cubes;
-        let text = |f: &dyn Fn(&ServedCube) -> Option<String>| -> ArrayRef {
-            Arc::new(cubes.iter().map(f).collect::<StringArray>())
-        };
-        let int = |f: &dyn Fn(&ServedCube) -> Option<i64>| -> ArrayRef {
-            Arc::new(cubes.iter().map(f).collect::<Int64Array>())
-        };
-        let columns: Vec<ArrayRef> = vec![
-            text(&|c| Some(c.def.name.clone())),
-            text(&|c| Some(c.def.definitions().join(", "))),
-            text(&|c| {
-                c.def
-                    .retention
-                    .as_ref()
-                    .map(|r| format!("{} s on {}", r.seconds, r.column))
-            }),
-            text(&|c| Some(self.registry.warehouse.dir_url(&c.dir).to_string())),
-            int(&|c| Some(c.status.rows as i64)),
-            int(&|c| Some(c.status.bytes as i64)),
-            int(&|c| Some(c.status.files as i64)),
-            int(&|c| c.status.traces_version),
-            int(&|_| snapshot.traces_version),
-            int(&|c| c.memory_bytes.map(|b| b as i64)),
-            Arc::new(
-                cubes
-                    .iter()
-                    .map(|c| Some(snapshot.is_fresh(c)))
-                    .collect::<BooleanArray>(),
-            ),
-            Arc::new(
-                cubes
-                    .iter()
-                    .map(|c| c.status.complete_from)
-                    .collect::<TimestampMicrosecondArray>()
-                    .with_timezone("UTC"),
-            ),
-        ];
-        Ok(RecordBatch::try_new(cubes_schema(), columns)?)
-    }
-}
-
-/// Columns of `tracecube.cubes`.
-pub fn cubes_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("name", DataType::Utf8, false),
-        Field::new("dimensions", DataType::Utf8, false),
-        Field::new("retention", DataType::Utf8, true),
-        Field::new("location", DataType::Utf8, false),
-        Field::new("rows", DataType::Int64, false),
-        Field::new("bytes", DataType::Int64, false),
-        Field::new("files", DataType::Int64, false),
-        Field::new("source_version", DataType::Int64, true),
-        Field::new("traces_version", DataType::Int64, true),
-        Field::new("memory_bytes", DataType::Int64, true),
-        Field::new("fresh", DataType::Boolean, false),
-        Field::new("complete_from", timestamp_type(), true),
-    ]))
-}
-
-#[async_trait]
-impl SystemRows for CubesTable {
-    fn schema(&self) -> SchemaRef {
-        cubes_schema()
-    }
-
-    async fn rows(&self, _session: &dyn datafusion::catalog::Session) -> Result<RecordBatch> {
-        self.registry
-            .refresh()
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        self.batch(&self.registry.current())
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
     use datafusion::datasource::MemTable;
 
     use super::*;

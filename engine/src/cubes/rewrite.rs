@@ -35,28 +35,38 @@ use super::dictionary::packed_columns;
 use super::measures::{Measures, column, strip_alias};
 use super::registry::{CubeRegistry, CubeSnapshot, ServedCube, TracesTable};
 use super::time_filters::{LocalDays, time_bounds};
+use crate::catalog::settings::TracecubeOptions;
 
 tokio::task_local! {
-    /// The query being served on this task: whether it may use cubes, and which it used.
+    /// The query being served on this task: what the rewrite found, for the query log.
     pub static QUERY: Arc<QueryScope>;
 }
 
-/// Per-query settings and findings of the rewrite.
-#[derive(Debug)]
+/// What the rewrite found for one served query. (Whether cubes may be used at all is the
+/// session setting `tracecube.use_cubes`, read from the optimizer's options.)
+#[derive(Debug, Default)]
 pub struct QueryScope {
-    pub use_cubes: bool,
+    /// A second run of a query whose cube plan failed: answered from `traces` whatever
+    /// the setting.
+    pub raw_only: bool,
     pub cubes_used: Mutex<Vec<String>>,
     /// Why aggregations over `traces` were left to the raw path.
     pub misses: Mutex<Vec<String>>,
 }
 
 impl QueryScope {
-    pub fn new(use_cubes: bool) -> Arc<Self> {
-        Arc::new(QueryScope {
-            use_cubes,
-            cubes_used: Mutex::new(Vec::new()),
-            misses: Mutex::new(Vec::new()),
-        })
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// The scope of a run that must not use cubes, noting `reason`.
+    pub fn raw(reason: String) -> Arc<Self> {
+        let scope = QueryScope {
+            raw_only: true,
+            ..QueryScope::default()
+        };
+        QueryScope::note(&scope.misses, reason);
+        Arc::new(scope)
     }
 
     pub fn note(list: &Mutex<Vec<String>>, item: String) {
@@ -95,7 +105,8 @@ impl OptimizerRule for CubeRewrite {
         config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
         let scope = QUERY.try_with(Arc::clone).ok();
-        if scope.as_ref().is_some_and(|s| !s.use_cubes) {
+        let use_cubes = TracecubeOptions::of(&config.options()).use_cubes.0;
+        if !use_cubes || scope.as_ref().is_some_and(|s| s.raw_only) {
             return Ok(Transformed::no(plan));
         }
         // A plan optimized for later runs (SQL `PREPARE`) has no start time: it is

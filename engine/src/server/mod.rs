@@ -16,9 +16,11 @@ pub mod metrics;
 pub mod policy;
 pub mod queries;
 pub mod scram;
+pub mod settings;
 
 use crate::catalog;
 use crate::cubes::registry::CubeRegistry;
+use crate::system::queries::QueryLog;
 pub use auth::DEFAULT_USER;
 use auth::{Access, Authenticator};
 use datafusion_postgres::pgwire::api::auth::StartupHandler;
@@ -26,7 +28,7 @@ use datafusion_postgres::pgwire::api::cancel::DefaultCancelHandler;
 use datafusion_postgres::pgwire::api::{ConnectionManager, PgWireServerHandlers};
 use datafusion_postgres::pgwire::tokio::process_socket;
 use metrics::Metrics;
-use queries::{QueryHandler, QueryLog};
+use queries::QueryHandler;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 

@@ -1,30 +1,19 @@
-//! Serving one query: the session setting `tracecube.use_cubes`, the cube state refreshed
-//! before planning, and the query log `tracecube.queries` (recent queries with their
-//! duration, rows and the cubes that answered them).
+//! Serving one query: checked against the user's role, the cube state refreshed before
+//! planning, cancel and `statement_timeout` watched, rows streamed, and the outcome logged
+//! in `tracecube.queries`.
 
-use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::{ParamValues, ToDFSchema};
-use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::{Set, SetExpr, Statement};
-use datafusion_postgres::hooks::HookClient;
+use datafusion::sql::sqlparser::ast::{SetExpr, Statement};
 use datafusion_postgres::pgwire::api::portal::PortalExecutionState;
 use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use datafusion_postgres::pgwire::api::query::{send_execution_response, send_query_response};
-use datafusion_postgres::pgwire::api::results::{
-    DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag,
-};
+use datafusion_postgres::pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::stmt::StoredStatement;
 use datafusion_postgres::pgwire::api::store::Entry;
@@ -42,19 +31,14 @@ use futures::{Sink, StreamExt};
 
 use super::auth::{Access, Identity};
 use super::errors::{forbidden, with_sqlstate};
-use super::metrics::{Finished, Metrics};
 use super::policy::Policy;
+use crate::catalog::settings::TracecubeOptions;
 use crate::cubes::registry::CubeRegistry;
 use crate::cubes::rewrite::{QUERY, QueryScope};
-use crate::schema::timestamp_type;
-use crate::system::SystemRows;
+use crate::system::queries::{LoggedQuery, QueryLog};
 use datafusion::catalog::CatalogProviderList;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
-/// The session setting that turns the cube rewrite off (`SET tracecube.use_cubes = off`).
-pub const USE_CUBES: &str = "tracecube.use_cubes";
-/// How many recent queries of each user `tracecube.queries` keeps.
-pub const QUERY_LOG_SIZE: usize = 1_000;
 /// Where a connection's `statement_timeout` (milliseconds) is kept: the key
 /// `datafusion-postgres`'s `SET statement_timeout` writes and its `SHOW` reads.
 pub const STATEMENT_TIMEOUT_KEY: &str = "statement_timeout_ms";
@@ -249,164 +233,6 @@ fn identity(client: &impl ClientInfo) -> PgWireResult<Arc<Identity>> {
         })
 }
 
-/// One served query.
-#[derive(Debug, Clone)]
-struct LoggedQuery {
-    id: i64,
-    started_at: i64,
-    duration_ms: f64,
-    user: Option<String>,
-    query: String,
-    use_cubes: bool,
-    cubes: Option<String>,
-    cube_misses: Option<String>,
-    rows: i64,
-    error: Option<String>,
-    sqlstate: Option<String>,
-    role: Option<&'static str>,
-}
-
-/// Each user's most recent queries, oldest first.
-type ByUser = std::collections::HashMap<Option<String>, VecDeque<LoggedQuery>>;
-
-/// The most recent queries, oldest first, and the server's metrics they feed.
-#[derive(Debug, Default)]
-pub struct QueryLog {
-    /// The last id given, and each user's most recent queries.
-    entries: Mutex<(i64, ByUser)>,
-    pub metrics: Arc<Metrics>,
-}
-
-impl QueryLog {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        QueryLog {
-            entries: Mutex::default(),
-            metrics,
-        }
-    }
-
-    fn push(&self, mut entry: LoggedQuery) {
-        let cubes: Vec<String> = entry
-            .cubes
-            .iter()
-            .flat_map(|c| c.split(", ").map(str::to_string))
-            .collect();
-        self.metrics.finished(Finished {
-            role: entry.role,
-            sqlstate: entry.sqlstate.as_deref(),
-            seconds: entry.duration_ms / 1e3,
-            rows: entry.rows.max(0) as u64,
-            cubes: &cubes,
-            missed: entry.cube_misses.is_some(),
-        });
-        let mut guard = self.entries.lock().expect("query log lock");
-        guard.0 += 1;
-        entry.id = guard.0;
-        // each user's own recent queries: one user's many never push out another's
-        let own = guard.1.entry(entry.user.clone()).or_default();
-        if own.len() == QUERY_LOG_SIZE {
-            own.pop_front();
-        }
-        own.push_back(entry);
-    }
-
-    /// The logged queries, only those of `user` when given.
-    fn batch(&self, user: Option<&str>) -> datafusion::common::Result<RecordBatch> {
-        let mut entries: Vec<LoggedQuery> = self
-            .entries
-            .lock()
-            .expect("query log lock")
-            .1
-            .iter()
-            .filter(|(who, _)| user.is_none_or(|u| who.as_deref() == Some(u)))
-            .flat_map(|(_, queries)| queries.iter().cloned())
-            .collect();
-        entries.sort_by_key(|e| e.id);
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.id))),
-            Arc::new(
-                TimestampMicrosecondArray::from_iter_values(entries.iter().map(|e| e.started_at))
-                    .with_timezone("UTC"),
-            ),
-            Arc::new(Float64Array::from_iter_values(
-                entries.iter().map(|e| e.duration_ms),
-            )),
-            Arc::new(StringArray::from_iter(
-                entries.iter().map(|e| e.user.as_deref()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                entries.iter().map(|e| e.query.as_str()),
-            )),
-            Arc::new(BooleanArray::from_iter(
-                entries.iter().map(|e| Some(e.use_cubes)),
-            )),
-            Arc::new(StringArray::from_iter(
-                entries.iter().map(|e| e.cubes.as_deref()),
-            )),
-            Arc::new(StringArray::from_iter(
-                entries.iter().map(|e| e.cube_misses.as_deref()),
-            )),
-            Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.rows))),
-            Arc::new(StringArray::from_iter(
-                entries.iter().map(|e| e.error.as_deref()),
-            )),
-            Arc::new(StringArray::from_iter(
-                entries.iter().map(|e| e.sqlstate.as_deref()),
-            )),
-        ];
-        Ok(RecordBatch::try_new(queries_schema(), columns)?)
-    }
-}
-
-/// Columns of `tracecube.queries`.
-pub fn queries_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("query_id", DataType::Int64, false),
-        Field::new("started_at", timestamp_type(), false),
-        Field::new("duration_ms", DataType::Float64, false),
-        Field::new("user_name", DataType::Utf8, true),
-        Field::new("query", DataType::Utf8, false),
-        Field::new("use_cubes", DataType::Boolean, false),
-        Field::new("cubes", DataType::Utf8, true),
-        Field::new("cube_misses", DataType::Utf8, true),
-        Field::new("rows", DataType::Int64, false),
-        Field::new("error", DataType::Utf8, true),
-        Field::new("sqlstate", DataType::Utf8, true),
-    ]))
-}
-
-/// `tracecube.queries`.
-#[derive(Debug)]
-pub struct QueriesTable {
-    log: Arc<QueryLog>,
-}
-
-impl QueriesTable {
-    pub fn new(log: Arc<QueryLog>) -> Self {
-        QueriesTable { log }
-    }
-}
-
-#[async_trait]
-impl SystemRows for QueriesTable {
-    fn schema(&self) -> SchemaRef {
-        queries_schema()
-    }
-
-    /// A user sees their own queries, an admin everyone's.
-    async fn rows(
-        &self,
-        session: &dyn datafusion::catalog::Session,
-    ) -> datafusion::common::Result<RecordBatch> {
-        let only = session
-            .config()
-            .get_extension::<Identity>()
-            .filter(|who| who.role != super::policy::Role::Admin)
-            .map(|who| who.user.clone());
-        self.log.batch(only.as_deref())
-    }
-}
-
 /// Records a query in the log when dropped: after its last row was sent (or the client
 /// went away).
 struct Pending {
@@ -451,7 +277,7 @@ impl QueryHandler {
         log: Arc<QueryLog>,
     ) -> Self {
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
-            Arc::new(UseCubesHook),
+            Arc::new(super::settings::SettingsHook),
             Arc::new(datafusion_postgres::hooks::cursor::CursorStatementHook),
             Arc::new(datafusion_postgres::hooks::set_show::SetShowHook),
             Arc::new(datafusion_postgres::hooks::transactions::TransactionStatementHook),
@@ -666,8 +492,12 @@ impl QueryHandler {
         if let Err(e) = self.cubes.refresh().await {
             tracing::warn!("cannot read the cubes' state, answering from traces: {e}");
         }
-        let use_cubes = client.metadata().get(USE_CUBES).is_none_or(|v| v != "off");
-        let scope = QueryScope::new(use_cubes);
+        let use_cubes = {
+            let state = self.ctx.state_ref();
+            let state = state.read();
+            TracecubeOptions::of(state.config_options()).use_cubes.0
+        };
+        let scope = QueryScope::new();
         let pending = Pending {
             log: Arc::clone(&self.log),
             started: Instant::now(),
@@ -982,9 +812,7 @@ fn raw_retry(scope: &QueryScope, query: &str, error: &PgWireError) -> Option<Arc
     }
     let reason = format!("the cube plan failed ({error}); run again from traces");
     tracing::warn!("{reason}: {query}");
-    let raw = QueryScope::new(false);
-    QueryScope::note(&raw.misses, reason);
-    Some(raw)
+    Some(QueryScope::raw(reason))
 }
 
 /// `datafusion-postgres`'s parser of prepared statements, refusing several statements in
@@ -1054,159 +882,6 @@ fn answered_by_hooks(statement: &Statement) -> bool {
     )
 }
 
-/// `SET tracecube.use_cubes = on|off`, `RESET tracecube.use_cubes` and
-/// `SHOW tracecube.use_cubes`, kept per connection.
-#[derive(Debug)]
-struct UseCubesHook;
-
-fn names_use_cubes(name: &impl ToString) -> bool {
-    name.to_string().eq_ignore_ascii_case(USE_CUBES)
-}
-
-fn shows_use_cubes(variable: &[datafusion::sql::sqlparser::ast::Ident]) -> bool {
-    let name: Vec<&str> = variable.iter().map(|i| i.value.as_str()).collect();
-    name.join(".").eq_ignore_ascii_case(USE_CUBES)
-}
-
-impl UseCubesHook {
-    fn respond(
-        statement: &Statement,
-        client: &mut dyn HookClient,
-    ) -> Option<PgWireResult<Response>> {
-        match statement {
-            Statement::Set(Set::SingleAssignment {
-                variable, values, ..
-            }) if names_use_cubes(variable) => {
-                let value = values
-                    .first()
-                    .map(|v| v.to_string().trim_matches('\'').to_ascii_lowercase())
-                    .unwrap_or_default();
-                let setting = match value.as_str() {
-                    "on" | "true" | "1" | "yes" | "default" => "on",
-                    "off" | "false" | "0" | "no" => "off",
-                    _ => {
-                        return Some(Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                            "ERROR".into(),
-                            "22023".into(),
-                            format!(
-                                "invalid value for parameter \"{USE_CUBES}\": \"{value}\" (use on or off)"
-                            ),
-                        )))));
-                    }
-                };
-                client
-                    .metadata_mut()
-                    .insert(USE_CUBES.to_string(), setting.to_string());
-                Some(Ok(Response::Execution(Tag::new("SET"))))
-            }
-            Statement::Set(Set::SingleAssignment { .. }) => None,
-            Statement::ShowVariable { variable } if shows_use_cubes(variable) => {
-                let value = client
-                    .metadata()
-                    .get(USE_CUBES)
-                    .cloned()
-                    .unwrap_or_else(|| "on".into());
-                Some(show_response(USE_CUBES, &value).map(Response::Query))
-            }
-            Statement::ShowVariable { variable } => {
-                let (name, value) = server_setting(variable)?;
-                Some(show_response(name, &value).map(Response::Query))
-            }
-            _ => None,
-        }
-    }
-}
-
-/// `SHOW` of the server's identity: the PostgreSQL version clients compare against.
-fn server_setting(
-    variable: &[datafusion::sql::sqlparser::ast::Ident],
-) -> Option<(&'static str, String)> {
-    let [name] = variable else { return None };
-    let version = tracecube_udfs::session::POSTGRES_VERSION;
-    match name.value.to_ascii_lowercase().as_str() {
-        "server_version" => Some(("server_version", version.to_string())),
-        "server_version_num" => {
-            let (major, minor) = version.split_once('.').unwrap_or((version, "0"));
-            let num =
-                major.parse::<u32>().unwrap_or(0) * 10_000 + minor.parse::<u32>().unwrap_or(0);
-            Some(("server_version_num", num.to_string()))
-        }
-        _ => None,
-    }
-}
-
-fn show_response(name: &str, value: &str) -> PgWireResult<QueryResponse> {
-    let fields = Arc::new(vec![FieldInfo::new(
-        name.to_string(),
-        None,
-        None,
-        Type::TEXT,
-        FieldFormat::Text,
-    )]);
-    let mut encoder = DataRowEncoder::new(Arc::clone(&fields));
-    encoder.encode_field(&Some(value))?;
-    let row = encoder.take_row();
-    Ok(QueryResponse::new(
-        fields,
-        futures::stream::once(async move { Ok(row) }),
-    ))
-}
-
-#[async_trait]
-impl QueryHook for UseCubesHook {
-    async fn handle_simple_query(
-        &self,
-        statement: &Statement,
-        _session_context: &SessionContext,
-        client: &mut dyn HookClient,
-    ) -> Option<PgWireResult<Response>> {
-        Self::respond(statement, client)
-    }
-
-    async fn handle_extended_parse_query(
-        &self,
-        statement: &Statement,
-        _session_context: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
-    ) -> Option<PgWireResult<LogicalPlan>> {
-        let columns = match statement {
-            Statement::Set(Set::SingleAssignment { variable, .. }) if names_use_cubes(variable) => {
-                vec![]
-            }
-            Statement::ShowVariable { variable } if shows_use_cubes(variable) => {
-                vec![Field::new(USE_CUBES, DataType::Utf8, false)]
-            }
-            Statement::ShowVariable { variable } => {
-                let (name, _) = server_setting(variable)?;
-                vec![Field::new(name, DataType::Utf8, false)]
-            }
-            _ => return None,
-        };
-        Some(
-            Schema::new(columns)
-                .to_dfschema()
-                .map(|schema| {
-                    LogicalPlan::EmptyRelation(EmptyRelation {
-                        produce_one_row: true,
-                        schema: Arc::new(schema),
-                    })
-                })
-                .map_err(|e| PgWireError::ApiError(Box::new(e))),
-        )
-    }
-
-    async fn handle_extended_query(
-        &self,
-        statement: &Statement,
-        _logical_plan: &LogicalPlan,
-        _params: &ParamValues,
-        _session_context: &SessionContext,
-        client: &mut dyn HookClient,
-    ) -> Option<PgWireResult<Response>> {
-        Self::respond(statement, client)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1223,7 +898,7 @@ mod tests {
     #[test]
     fn only_one_read_only_statement_that_used_a_cube_runs_again_raw() {
         let error = PgWireError::ApiError("boom".into());
-        let used = QueryScope::new(true);
+        let used = QueryScope::new();
         QueryScope::note(&used.cubes_used, "cube_axes".into());
         let retried = |scope: &QueryScope, sql: &str| raw_retry(scope, sql, &error).is_some();
         assert!(retried(
@@ -1232,7 +907,7 @@ mod tests {
         ));
         assert!(retried(&used, "EXPLAIN SELECT count(*) FROM traces"));
         let raw = raw_retry(&used, "SELECT count(*) FROM traces", &error).unwrap();
-        assert!(!raw.use_cubes);
+        assert!(raw.raw_only);
         assert!(raw.misses.lock().unwrap()[0].contains("boom"));
         for sql in [
             "INSERT INTO impact_weights SELECT 'channel', channel, count(*) FROM traces GROUP BY 1",
@@ -1243,7 +918,7 @@ mod tests {
         ] {
             assert!(!retried(&used, sql), "{sql}");
         }
-        let unused = QueryScope::new(true);
+        let unused = QueryScope::new();
         assert!(!retried(&unused, "SELECT count(*) FROM traces"));
     }
 }
