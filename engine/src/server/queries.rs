@@ -142,6 +142,28 @@ fn rows_unless(stop: Interrupt, responses: &mut [Response]) {
     }
 }
 
+/// The answer of a `DELETE` or `UPDATE` as PostgreSQL gives it: its count in the command
+/// tag (`DELETE 3`), not as a row (clients described it as returning no rows).
+async fn counted_write(
+    statement: Option<&Statement>,
+    stop: &Interrupt,
+    result: PgWireResult<Vec<Response>>,
+) -> PgWireResult<Vec<Response>> {
+    let verb = match statement {
+        Some(Statement::Delete(_)) => "DELETE",
+        Some(Statement::Update { .. }) => "UPDATE",
+        _ => return result,
+    };
+    let mut answers = result?;
+    if !matches!(answers.as_slice(), [Response::Query(_)]) {
+        return Ok(answers);
+    }
+    let Some(Response::Query(q)) = answers.pop() else {
+        unreachable!("matched one query answer")
+    };
+    unless(stop, command_tag(verb, q)).await.map(|r| vec![r])
+}
+
 /// The command tag `<verb> <count>` of a write whose answer is one row holding its count.
 async fn command_tag(verb: &str, mut answer: QueryResponse) -> PgWireResult<Response> {
     let mut count = 0u64;
@@ -454,20 +476,7 @@ impl QueryHandler {
             )
             .await;
         }
-        let verb = match statement {
-            Statement::Delete(_) => Some("DELETE"),
-            Statement::Update { .. } => Some("UPDATE"),
-            _ => None,
-        };
-        let result = match (verb, result) {
-            (Some(verb), Ok(mut answers)) if matches!(answers.as_slice(), [Response::Query(_)]) => {
-                let Some(Response::Query(q)) = answers.pop() else {
-                    unreachable!("matched one query answer")
-                };
-                unless(&stop, command_tag(verb, q)).await.map(|r| vec![r])
-            }
-            (_, other) => other,
-        };
+        let result = counted_write(Some(statement), &stop, result).await;
         let mut result = result.map_err(with_sqlstate);
         if let Ok(responses) = &mut result {
             rows_unless(stop, responses);
@@ -761,18 +770,9 @@ impl ExtendedQueryHandler for QueryHandler {
             )
             .await;
         }
-        // a DELETE or UPDATE answers its count as a command tag, as PostgreSQL does
-        // (clients described it as returning no rows)
-        let verb = match &portal.statement.statement.1 {
-            Some((Statement::Delete(_), _)) => Some("DELETE"),
-            Some((Statement::Update { .. }, _)) => Some("UPDATE"),
-            _ => None,
-        };
-        let result = match (verb, result) {
-            (Some(verb), Ok(Response::Query(q))) => unless(&stop, command_tag(verb, q)).await,
-            (_, other) => other,
-        };
-        let mut results = result.map(|r| vec![r]).map_err(with_sqlstate);
+        let statement = portal.statement.statement.1.as_ref().map(|(s, _)| s);
+        let result = counted_write(statement, &stop, result.map(|r| vec![r])).await;
+        let mut results = result.map_err(with_sqlstate);
         if let Ok(responses) = &mut results {
             rows_unless(stop, responses);
         }
