@@ -349,7 +349,13 @@ async fn no_sql_touches_server_files_or_tracecube_objects_and_connections_are_is
         ("SET tracecube.no_such_setting = on", "42704"),
         ("SHOW tracecube.no_such_setting", "42704"),
         ("SET datafusion.execution.batch_size = 'many'", "22023"),
-        ("SET datafusion.no_such.setting = 1", "42704"),
+        ("SET datafusion.no_such.setting = 1", "42501"),
+        ("SET datafusion.execution.target_partitions = 5000", "42501"),
+        (
+            "SET SESSION datafusion.execution.batch_size = 10000000",
+            "42501",
+        ),
+        ("SET datafusion.execution.time_zone = 'garbage'", "22023"),
         ("SET TIME ZONE 'Mars/Olympus_Mons'", "22023"),
         ("SET timezone = '+99'", "22023"),
         ("SET server_version = '99'", "55P02"),
@@ -380,6 +386,61 @@ async fn no_sql_touches_server_files_or_tracecube_objects_and_connections_are_is
     ok(&a, "SET TIME ZONE LOCAL").await;
     assert_eq!(ok(&a, midnight).await, [["f"]]);
     assert_eq!(ok(&a, "SHOW TIME ZONE").await, [["Etc/UTC"]]);
+    // names in any case; a number shown as PostgreSQL shows it, and read back the same
+    ok(&a, "SET timezone = 'america/new_york'").await;
+    assert_eq!(ok(&a, "SHOW TIME ZONE").await, [["America/New_York"]]);
+    ok(&a, "SET TIME ZONE -5").await;
+    let shown = ok(&a, "SHOW TIME ZONE").await;
+    assert_eq!(shown, [["<-05:00>+05:00"]]);
+    ok(&a, &format!("SET TIME ZONE '{}'", shown[0][0])).await;
+    assert_eq!(ok(&a, midnight).await, [["t"]]);
+    // a number of seconds is an instant in every zone; results leave in UTC
+    ok(&a, "SET TIME ZONE 'Asia/Kathmandu'").await;
+    let epoch = "SELECT to_timestamp(1774742400) \
+                 = CAST('2026-03-29 00:00:00+00:00' AS TIMESTAMP WITH TIME ZONE)";
+    assert_eq!(ok(&a, epoch).await, [["t"]]);
+    let kathmandu = ok(
+        &a,
+        "SELECT CAST('2026-01-01 05:45:00' AS TIMESTAMP WITH TIME ZONE)",
+    )
+    .await;
+    assert!(
+        kathmandu[0][0].starts_with("2026-01-01 00:00:00"),
+        "{kathmandu:?}"
+    );
+    assert!(kathmandu[0][0].ends_with("+00"), "{kathmandu:?}");
+    ok(&a, "RESET timezone").await;
+    assert_eq!(ok(&a, "SHOW TIME ZONE").await, [["Etc/UTC"]]);
+    assert_eq!(ok(&a, epoch).await, [["t"]]);
+
+    // SET SESSION, TO DEFAULT, RESET, RESET ALL, DISCARD ALL
+    ok(&a, "SET SESSION tracecube.use_cubes = on").await;
+    assert_eq!(ok(&a, cubes).await, [["on"]]);
+    ok(&a, "SET tracecube.use_cubes = off").await;
+    ok(&a, "SET tracecube.use_cubes TO DEFAULT").await;
+    assert_eq!(ok(&a, cubes).await, [["on"]]);
+    ok(&a, "SET tracecube.use_cubes = off").await;
+    ok(&a, "RESET tracecube.use_cubes").await;
+    assert_eq!(ok(&a, cubes).await, [["on"]]);
+    assert_eq!(ok(&a, batch).await, [["123"]]);
+    ok(
+        &a,
+        "SET tracecube.use_cubes = off; SET TIME ZONE 'Asia/Tokyo'",
+    )
+    .await;
+    ok(&a, "RESET ALL").await;
+    assert_eq!(ok(&a, cubes).await, [["on"]]);
+    assert_eq!(ok(&a, batch).await, before);
+    assert_eq!(ok(&a, "SHOW TIME ZONE").await, [["Etc/UTC"]]);
+    ok(&a, "SET tracecube.use_cubes = off").await;
+    assert_eq!(ok(&a, "SELECT x FROM mine").await, [["1"]]);
+    ok(&a, "DISCARD ALL").await;
+    assert_eq!(ok(&a, cubes).await, [["on"]]);
+    assert_eq!(sqlstate(&a, "SELECT x FROM mine").await, "42P01");
+    assert_eq!(ok(&b, "SELECT x FROM mine").await, [["2"]]);
+    ok(&a, "CREATE TABLE mine AS SELECT 3 AS x").await;
+    assert_eq!(ok(&a, "SELECT x FROM mine").await, [["3"]]);
+    assert_eq!(ok(&a, "SELECT count(*) FROM traces").await, traces);
 
     // The server says what it is as PostgreSQL does.
     let version = ok(&a, "SELECT version()").await;

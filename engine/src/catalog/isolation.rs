@@ -35,14 +35,29 @@ fn union(mut shared: Vec<String>, own: Vec<String>) -> Vec<String> {
 pub struct ConnectionCatalogs {
     shared: Arc<dyn CatalogProviderList>,
     /// One overlay per shared catalog (kept, so that the connection's objects stay).
-    overlays: HashMap<String, Arc<dyn CatalogProvider>>,
+    overlays: RwLock<HashMap<String, Arc<dyn CatalogProvider>>>,
     /// Catalogs the connection created.
     own: RwLock<HashMap<String, Arc<dyn CatalogProvider>>>,
 }
 
 impl ConnectionCatalogs {
     pub fn new(shared: Arc<dyn CatalogProviderList>) -> Self {
-        let overlays = shared
+        let overlays = RwLock::new(Self::overlays_of(shared.as_ref()));
+        ConnectionCatalogs {
+            shared,
+            overlays,
+            own: RwLock::default(),
+        }
+    }
+
+    /// Forget every object the connection created (`DISCARD ALL`).
+    pub fn clear(&self) {
+        *self.overlays.write().expect("catalog lock") = Self::overlays_of(self.shared.as_ref());
+        self.own.write().expect("catalog lock").clear();
+    }
+
+    fn overlays_of(shared: &dyn CatalogProviderList) -> HashMap<String, Arc<dyn CatalogProvider>> {
+        shared
             .catalog_names()
             .into_iter()
             .filter_map(|name| {
@@ -50,12 +65,7 @@ impl ConnectionCatalogs {
                 let overlay: Arc<dyn CatalogProvider> = Arc::new(ConnectionCatalog::new(catalog));
                 Some((name, overlay))
             })
-            .collect();
-        ConnectionCatalogs {
-            shared,
-            overlays,
-            own: RwLock::default(),
-        }
+            .collect()
     }
 }
 
@@ -85,8 +95,14 @@ impl CatalogProviderList for ConnectionCatalogs {
     }
 
     fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
-        match self.overlays.get(name) {
-            Some(overlay) => Some(Arc::clone(overlay)),
+        let overlay = self
+            .overlays
+            .read()
+            .expect("catalog lock")
+            .get(name)
+            .cloned();
+        match overlay {
+            Some(overlay) => Some(overlay),
             None => self.own.read().expect("catalog lock").get(name).cloned(),
         }
     }

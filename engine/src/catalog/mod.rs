@@ -36,6 +36,7 @@ pub mod isolation;
 pub mod memory;
 pub mod pg_functions;
 pub mod settings;
+pub mod utc_output;
 
 /// Name of the catalog (the PostgreSQL database clients connect to).
 pub const CATALOG: &str = "tracecube";
@@ -207,7 +208,9 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
         .with_information_schema(true)
         .with_default_catalog_and_schema(CATALOG, "public")
         .with_create_default_catalog_and_schema(true)
-        .with_option_extension(TracecubeOptions::default());
+        .with_option_extension(TracecubeOptions::default())
+        // sessions start in UTC (`SET TIME ZONE` changes one)
+        .set_str("datafusion.execution.time_zone", "UTC");
     let cubes = CubeRegistry::open(warehouse).await?;
     let metrics = Arc::new(Metrics::default());
     let queries = Arc::new(QueryLog::new(Arc::clone(&metrics)));
@@ -224,6 +227,7 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
         .map_or(0, |i| i + 1);
     let days = LocalDays::new(warehouse.config().tz()?);
     rules.insert(at, Arc::new(CubeRewrite::new(Arc::clone(&cubes), days)));
+    rules.push(Arc::new(utc_output::UtcOutput));
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime(

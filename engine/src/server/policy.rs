@@ -229,21 +229,25 @@ impl Policy<'_> {
     /// Whether the parsed statement may run: the checks that need the SQL text (a `SET`
     /// is answered by the server before DataFusion plans it).
     pub fn check_statement(&self, statement: &ast::Statement) -> Result<(), Forbidden> {
-        if let ast::Statement::Set(ast::Set::SingleAssignment { variable, .. }) = statement {
-            self.check_setting(&variable.to_string())?;
+        match statement {
+            ast::Statement::Set(ast::Set::SingleAssignment {
+                variable, values, ..
+            }) => {
+                let value = match values.as_slice() {
+                    [ast::Expr::Value(v)] => {
+                        v.clone().into_string().or_else(|| Some(v.to_string()))
+                    }
+                    [ast::Expr::Identifier(i)] => Some(i.value.clone()),
+                    [other] => Some(other.to_string()),
+                    _ => None,
+                };
+                check_setting(&variable.to_string(), value.as_deref())
+            }
+            ast::Statement::Reset(ast::ResetStatement {
+                reset: ast::Reset::ConfigurationParameter(name),
+            }) => check_setting(&name.to_string(), None),
+            _ => Ok(()),
         }
-        Ok(())
-    }
-
-    fn check_setting(&self, variable: &str) -> Result<(), Forbidden> {
-        // `"datafusion"."runtime"."x"` names the same setting as `datafusion.runtime.x`.
-        let variable = variable.replace('"', "").to_ascii_lowercase();
-        if variable.starts_with("datafusion.runtime.") {
-            return Err(Forbidden(format!(
-                "{variable} is a server setting: it is set in the server's configuration"
-            )));
-        }
-        Ok(())
     }
 
     /// Whether the planned statement may run.
@@ -308,10 +312,10 @@ impl Policy<'_> {
             }
             LogicalPlan::Ddl(ddl) => self.check_ddl(ddl),
             LogicalPlan::Statement(Statement::SetVariable(set)) => {
-                self.check_setting(&set.variable)
+                check_setting(&set.variable, Some(&set.value))
             }
             LogicalPlan::Statement(Statement::ResetVariable(reset)) => {
-                self.check_setting(&reset.variable)
+                check_setting(&reset.variable, None)
             }
             LogicalPlan::Statement(Statement::Prepare(prepare)) => self.check(&prepare.input),
             // Queries read Tracecube's tables (no table function reads files), and the
@@ -401,4 +405,57 @@ impl Policy<'_> {
             | DdlStatement::DropFunction(_) => self.requires(Role::Admin, "this statement"),
         }
     }
+}
+
+/// DataFusion settings a connection may change (its own session's), with the largest
+/// value of the numeric ones. The others would let one connection take the server's
+/// threads or memory (`target_partitions`, buffer sizes), or belong to the server's
+/// configuration (`datafusion.runtime.*`: memory limit, spill folder).
+const SESSION_SETTINGS: &[(&str, Option<u64>)] = &[
+    ("datafusion.execution.batch_size", Some(65_536)),
+    ("datafusion.execution.time_zone", None),
+    ("datafusion.execution.collect_statistics", None),
+    ("datafusion.execution.parquet.pushdown_filters", None),
+    ("datafusion.execution.parquet.reorder_filters", None),
+    ("datafusion.execution.parquet.enable_page_index", None),
+    ("datafusion.execution.parquet.pruning", None),
+    ("datafusion.execution.parquet.bloom_filter_on_read", None),
+    ("datafusion.sql_parser.recursion_limit", Some(50)),
+    ("datafusion.sql_parser.enable_ident_normalization", None),
+    ("datafusion.catalog.information_schema", None),
+    ("datafusion.catalog.default_schema", None),
+];
+
+/// Families of DataFusion settings a connection may change: how plans are optimized and
+/// explained, and how values are formatted.
+const SESSION_SETTING_PREFIXES: &[&str] = &[
+    "datafusion.optimizer.",
+    "datafusion.explain.",
+    "datafusion.format.",
+];
+
+/// Whether a connection may set `variable` (to `value`, when known).
+fn check_setting(variable: &str, value: Option<&str>) -> Result<(), Forbidden> {
+    // `"datafusion"."runtime"."x"` names the same setting as `datafusion.runtime.x`.
+    let variable = variable.replace('"', "").to_ascii_lowercase();
+    if !variable.starts_with("datafusion.")
+        || SESSION_SETTING_PREFIXES
+            .iter()
+            .any(|p| variable.starts_with(p))
+    {
+        return Ok(());
+    }
+    let Some((_, limit)) = SESSION_SETTINGS.iter().find(|(name, _)| *name == variable) else {
+        return Err(Forbidden(format!(
+            "{variable} is a server setting: it is set in the server's configuration"
+        )));
+    };
+    if let (Some(limit), Some(value)) = (limit, value)
+        && value.trim().parse::<u64>().is_ok_and(|v| v > *limit)
+    {
+        return Err(Forbidden(format!(
+            "{variable} may be at most {limit} in a session"
+        )));
+    }
+    Ok(())
 }

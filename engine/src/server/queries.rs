@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::{SetExpr, Statement};
+use datafusion::sql::sqlparser::ast::{DiscardObject, SetExpr, Statement};
 use datafusion_postgres::pgwire::api::portal::PortalExecutionState;
 use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -32,6 +32,7 @@ use futures::{Sink, StreamExt};
 use super::auth::{Access, Identity};
 use super::errors::{forbidden, with_sqlstate};
 use super::policy::Policy;
+use super::settings::SettingsHook;
 use crate::catalog::settings::TracecubeOptions;
 use crate::cubes::registry::CubeRegistry;
 use crate::cubes::rewrite::{QUERY, QueryScope};
@@ -287,6 +288,8 @@ pub struct QueryHandler {
     /// `PREPARE`d, for `DEALLOCATE ALL`.
     /// (name, whether it was prepared with SQL `PREPARE`)
     statement_names: Mutex<std::collections::BTreeSet<(String, bool)>>,
+    /// The connection's `SET` and `RESET`.
+    settings: Arc<SettingsHook>,
 }
 
 impl QueryHandler {
@@ -298,8 +301,9 @@ impl QueryHandler {
         cubes: Arc<CubeRegistry>,
         log: Arc<QueryLog>,
     ) -> Self {
+        let settings = Arc::new(SettingsHook::new(&ctx, access.statement_timeout_ms));
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
-            Arc::new(super::settings::SettingsHook),
+            Arc::clone(&settings) as Arc<dyn QueryHook>,
             Arc::new(datafusion_postgres::hooks::cursor::CursorStatementHook),
             Arc::new(datafusion_postgres::hooks::set_show::SetShowHook),
             Arc::new(datafusion_postgres::hooks::transactions::TransactionStatementHook),
@@ -319,6 +323,7 @@ impl QueryHandler {
             parser: PostgresCompatibilityParser::new(),
             prepared,
             statement_names: Mutex::default(),
+            settings,
         }
     }
 
@@ -374,6 +379,33 @@ impl QueryHandler {
             return Ok(vec![Response::Execution(Tag::new("DEALLOCATE ALL"))]);
         }
         Ok(vec![Response::Execution(Tag::new("DEALLOCATE"))])
+    }
+
+    /// `DISCARD ALL` (what connection poolers send before handing the connection to
+    /// another client): settings reset, prepared statements deallocated, the connection's
+    /// own tables and views dropped. `DISCARD PLANS` and `SEQUENCES` have nothing to do.
+    async fn discard<C>(&self, client: &mut C, object: DiscardObject) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match object {
+            DiscardObject::ALL => {
+                self.deallocate(client, "all", false).await?;
+                self.settings.discard_all(&self.ctx, client).await?;
+                Ok(vec![Response::Execution(Tag::new("DISCARD ALL"))])
+            }
+            DiscardObject::TEMP => {
+                crate::server::settings::drop_own_objects(&self.ctx);
+                Ok(vec![Response::Execution(Tag::new("DISCARD TEMP"))])
+            }
+            DiscardObject::PLANS => Ok(vec![Response::Execution(Tag::new("DISCARD PLANS"))]),
+            DiscardObject::SEQUENCES => {
+                Ok(vec![Response::Execution(Tag::new("DISCARD SEQUENCES"))])
+            }
+        }
     }
 
     fn policy<'a>(&'a self, identity: &Identity, defaults: &'a (String, String)) -> Policy<'a> {
@@ -444,6 +476,9 @@ impl QueryHandler {
             return self
                 .deallocate(client, &name.value, name.quote_style.is_some())
                 .await;
+        }
+        if let Statement::Discard { object_type } = statement {
+            return self.discard(client, *object_type).await;
         }
         if let Statement::Prepare { name, .. } = statement {
             let mut names = self.statement_names.lock().expect("statement names lock");
@@ -879,6 +914,7 @@ fn answered_by_hooks(statement: &Statement) -> bool {
             | Statement::Close { .. }
             | Statement::Deallocate { .. }
             | Statement::Discard { .. }
+            | Statement::Reset(_)
     )
 }
 

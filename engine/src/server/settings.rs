@@ -16,7 +16,9 @@ use datafusion::common::{ParamValues, ToDFSchema};
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::{Expr, Ident, Set, Statement, UnaryOperator};
+use datafusion::sql::sqlparser::ast::{
+    ContextModifier, Expr, Ident, Reset, Set, Statement, UnaryOperator,
+};
 use datafusion_postgres::QueryHook;
 use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::pgwire::api::ClientInfo;
@@ -34,7 +36,7 @@ pub const DEFAULT_TIME_ZONE: &str = "Etc/UTC";
 const TIME_ZONE_KEY: &str = "timezone";
 
 /// A setting `SET` or `SHOW` names.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Named {
     TimeZone,
     /// A session option by its full dotted name, lower case: `tracecube.use_cubes`.
@@ -78,19 +80,36 @@ impl Named {
     }
 }
 
-/// The hook answering these `SET` and `SHOW` statements.
+/// The hook answering these `SET`, `RESET` and `SHOW` statements of one connection.
 #[derive(Debug)]
-pub struct SettingsHook;
+pub struct SettingsHook {
+    /// The session's options when the connection opened: what `RESET` brings back.
+    initial: ConfigOptions,
+    /// The default `statement_timeout` (milliseconds; 0: none).
+    statement_timeout_ms: u64,
+}
 
 impl SettingsHook {
+    /// The hook of the connection whose session is `ctx`.
+    pub fn new(ctx: &SessionContext, statement_timeout_ms: u64) -> Self {
+        let initial = ctx.state_ref().read().config_options().as_ref().clone();
+        SettingsHook {
+            initial,
+            statement_timeout_ms,
+        }
+    }
+
     async fn respond(
+        &self,
         statement: &Statement,
         ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
         match statement {
+            // `SET SESSION` is `SET` (`SET LOCAL` lasts until the end of a transaction:
+            // outside one it changes nothing, as in PostgreSQL)
             Statement::Set(Set::SingleAssignment {
-                scope: None,
+                scope: None | Some(ContextModifier::Session),
                 hivevar: false,
                 variable,
                 values,
@@ -105,12 +124,28 @@ impl SettingsHook {
                 let [value] = values.as_slice() else {
                     return Some(Err(invalid(named.column(), "a single value is expected")));
                 };
-                Some(set(&named, value, ctx, client).await)
+                Some(self.set(&named, value, ctx, client).await)
             }
             Statement::Set(Set::SetTimeZone {
                 local: false,
                 value,
-            }) => Some(set(&Named::TimeZone, value, ctx, client).await),
+            }) => Some(self.set(&Named::TimeZone, value, ctx, client).await),
+            Statement::Reset(reset) => Some(
+                match &reset.reset {
+                    Reset::ALL => self.reset_all(ctx, client).await,
+                    Reset::ConfigurationParameter(name) => {
+                        let parts: Vec<&str> = name
+                            .0
+                            .iter()
+                            .filter_map(|p| p.as_ident())
+                            .map(|i| i.value.as_str())
+                            .collect();
+                        self.reset(Named::of(parts.iter().copied()), &parts, ctx, client)
+                            .await
+                    }
+                }
+                .map(|()| Response::Execution(Tag::new("RESET"))),
+            ),
             Statement::ShowVariable { variable } => {
                 let named = Named::of_idents(variable)?;
                 Some(show(&named, ctx, client).map(Response::Query))
@@ -120,58 +155,209 @@ impl SettingsHook {
     }
 }
 
-/// `SET named = value` in this connection's session.
-async fn set(
-    named: &Named,
-    value: &Expr,
-    ctx: &SessionContext,
-    client: &mut dyn HookClient,
-) -> PgWireResult<Response> {
-    match named {
-        Named::TimeZone => {
-            let zone = time_zone(value)?;
-            change(ctx, |options| {
-                options.execution.time_zone = zone.as_ref().map(|(_, offset)| offset.clone());
-                Ok(())
-            })
-            .map_err(|e| invalid("TimeZone", &e.to_string()))?;
-            let shown = zone.map_or_else(|| DEFAULT_TIME_ZONE.to_string(), |(name, _)| name);
-            client
-                .metadata_mut()
-                .insert(TIME_ZONE_KEY.to_string(), shown.clone());
-            client
-                .send_message(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(
-                    "TimeZone".into(),
-                    shown,
-                )))
-                .await?;
-        }
-        Named::Option(name) => {
-            let text = value_text(value);
-            let known = {
-                let state = ctx.state_ref();
-                let state = state.read();
-                state
-                    .config_options()
-                    .entries()
-                    .iter()
-                    .any(|e| e.key == *name)
+/// The DataFusion option that holds the session's time zone.
+const TIME_ZONE_OPTION: &str = "datafusion.execution.time_zone";
+
+impl SettingsHook {
+    /// `SET named = value` in this connection's session (`DEFAULT`: `RESET named`).
+    async fn set(
+        &self,
+        named: &Named,
+        value: &Expr,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> PgWireResult<Response> {
+        if matches!(value, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
+        {
+            let parts: Vec<&str> = match named {
+                Named::Option(name) => name.split('.').collect(),
+                _ => vec![named.column()],
             };
-            if !known {
-                return Err(unrecognized(name));
-            }
-            change(ctx, |options| options.set(name, &text))
-                .map_err(|e| invalid(name, &format!("\"{text}\": {}", e.strip_backtrace())))?;
+            self.reset(Some(named.clone()), &parts, ctx, client).await?;
+            return Ok(Response::Execution(Tag::new("SET")));
         }
-        Named::ServerVersion | Named::ServerVersionNum => {
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "ERROR".into(),
-                "55P02".into(),
-                format!("parameter \"{}\" cannot be changed", named.column()),
-            ))));
+        match named {
+            Named::TimeZone => {
+                let zone = time_zone(value, true)?;
+                set_time_zone(ctx, client, zone).await?;
+            }
+            Named::Option(name) if name == TIME_ZONE_OPTION => {
+                // DataFusion's spelling of the time zone: offsets count east of UTC
+                let zone = time_zone(value, false)?;
+                set_time_zone(ctx, client, zone).await?;
+            }
+            Named::Option(name) => {
+                if value_parameters(value) {
+                    return Err(invalid(name, "a constant is expected"));
+                }
+                let text = value_text(value);
+                if !self.initial.entries().iter().any(|e| e.key == *name) {
+                    return Err(unrecognized(name));
+                }
+                change(ctx, |options| options.set(name, &text))
+                    .map_err(|e| invalid(name, &format!("\"{text}\": {}", e.strip_backtrace())))?;
+            }
+            Named::ServerVersion | Named::ServerVersionNum => {
+                return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "ERROR".into(),
+                    "55P02".into(),
+                    format!("parameter \"{}\" cannot be changed", named.column()),
+                ))));
+            }
+        }
+        Ok(Response::Execution(Tag::new("SET")))
+    }
+
+    /// `RESET` of one setting: its value when the connection opened. `parts` is the name
+    /// as written, for settings kept by `datafusion-postgres` (`search_path`…).
+    async fn reset(
+        &self,
+        named: Option<Named>,
+        parts: &[&str],
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> PgWireResult<()> {
+        match named {
+            Some(Named::TimeZone) => set_time_zone(ctx, client, None).await,
+            Some(Named::Option(name)) if name == TIME_ZONE_OPTION => {
+                set_time_zone(ctx, client, None).await
+            }
+            Some(Named::Option(name)) => {
+                if !self.initial.entries().iter().any(|e| e.key == name) {
+                    return Err(unrecognized(&name));
+                }
+                let initial = self.initial.clone();
+                change(ctx, |options| {
+                    let mut fresh = initial;
+                    // every other setting keeps its value
+                    for entry in options.entries() {
+                        if entry.key != name
+                            && let Some(value) = entry.value
+                        {
+                            let _ = fresh.set(&entry.key, &value);
+                        }
+                    }
+                    *options = fresh;
+                    Ok(())
+                })
+                .map_err(|e| invalid(&name, &e.strip_backtrace()))
+            }
+            Some(Named::ServerVersion | Named::ServerVersionNum) => Ok(()),
+            None => {
+                let name = parts.join(".").to_ascii_lowercase();
+                if name == "statement_timeout" {
+                    self.reset_statement_timeout(client);
+                } else {
+                    client.metadata_mut().remove(&name);
+                }
+                Ok(())
+            }
         }
     }
-    Ok(Response::Execution(Tag::new("SET")))
+
+    /// `RESET ALL`: every setting as when the connection opened.
+    async fn reset_all(
+        &self,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> PgWireResult<()> {
+        let initial = self.initial.clone();
+        change(ctx, |options| {
+            *options = initial;
+            Ok(())
+        })
+        .map_err(|e| invalid("ALL", &e.strip_backtrace()))?;
+        set_time_zone(ctx, client, None).await?;
+        self.reset_statement_timeout(client);
+        for name in [
+            "datestyle",
+            "bytea_output",
+            "intervalstyle",
+            "application_name",
+            "extra_float_digits",
+            "search_path",
+        ] {
+            client.metadata_mut().remove(name);
+        }
+        Ok(())
+    }
+
+    fn reset_statement_timeout(&self, client: &mut dyn HookClient) {
+        let key = super::queries::STATEMENT_TIMEOUT_KEY.to_string();
+        if self.statement_timeout_ms > 0 {
+            client
+                .metadata_mut()
+                .insert(key, self.statement_timeout_ms.to_string());
+        } else {
+            client.metadata_mut().remove(&key);
+        }
+    }
+
+    /// `DISCARD ALL` (what connection poolers send between clients): `RESET ALL`, and the
+    /// connection's own tables, views and schemas dropped. (Its prepared statements are
+    /// the query handler's.)
+    pub async fn discard_all(
+        &self,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> PgWireResult<()> {
+        self.reset_all(ctx, client).await?;
+        drop_own_objects(ctx);
+        Ok(())
+    }
+}
+
+/// Drop the tables, views and schemas the connection created (`DISCARD TEMP`).
+pub fn drop_own_objects(ctx: &SessionContext) {
+    let catalogs = ctx.state().catalog_list().clone();
+    let any: &dyn std::any::Any = catalogs.as_ref();
+    if let Some(own) = any.downcast_ref::<crate::catalog::isolation::ConnectionCatalogs>() {
+        own.clear();
+    }
+}
+
+/// Set the session's time zone (`None`: the server's, UTC), tell the client.
+async fn set_time_zone(
+    ctx: &SessionContext,
+    client: &mut dyn HookClient,
+    zone: Option<(String, String)>,
+) -> PgWireResult<()> {
+    let offset = zone
+        .as_ref()
+        .map_or_else(|| "UTC".to_string(), |(_, offset)| offset.clone());
+    change(ctx, |options| {
+        options.execution.time_zone = Some(offset);
+        Ok(())
+    })
+    .map_err(|e| invalid("TimeZone", &e.to_string()))?;
+    let shown = zone.map_or_else(|| DEFAULT_TIME_ZONE.to_string(), |(name, _)| name);
+    client
+        .metadata_mut()
+        .insert(TIME_ZONE_KEY.to_string(), shown.clone());
+    client
+        .send_message(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(
+            "TimeZone".into(),
+            shown,
+        )))
+        .await?;
+    Ok(())
+}
+
+/// Whether a `SET` value holds a parameter (`$1`) or an expression: only constants are
+/// settings.
+fn value_parameters(value: &Expr) -> bool {
+    match value {
+        Expr::Value(v) => matches!(
+            v.value,
+            datafusion::sql::sqlparser::ast::Value::Placeholder(_)
+        ),
+        Expr::Identifier(_) => false,
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => value_parameters(expr),
+        _ => true,
+    }
 }
 
 /// The current value of `named` in this connection.
@@ -210,8 +396,9 @@ fn show(
 }
 
 /// Apply `edit` to the session's options, and give the functions that depend on them
-/// (`now()`, `to_timestamp`…) the new values, as DataFusion's own `SET` does. Nothing
-/// changes when `edit` fails.
+/// (`now()`…) the new values, as DataFusion's own `SET` does. Nothing changes when `edit`
+/// fails. The `to_timestamp` functions keep reading in UTC: given the session's zone,
+/// DataFusion would read `to_timestamp(<integer>)`, an instant, as a local time.
 fn change(
     ctx: &SessionContext,
     edit: impl FnOnce(&mut ConfigOptions) -> datafusion::common::Result<()>,
@@ -225,6 +412,7 @@ fn change(
     let updated: Vec<_> = state
         .scalar_functions()
         .values()
+        .filter(|f| !f.name().starts_with("to_timestamp"))
         .filter_map(|f| f.inner().with_updated_config(&options))
         .collect();
     for function in updated {
@@ -248,9 +436,11 @@ fn value_text(value: &Expr) -> String {
 
 /// The zone of `SET TIME ZONE value` as (name shown, zone DataFusion reads), or `None`
 /// for the server's default (`LOCAL`, `DEFAULT`). As in PostgreSQL: a number is hours east
-/// of UTC (`SET TIME ZONE -5`), a name is a zone of the IANA database (`Europe/Paris`,
-/// `UTC`), and a POSIX offset (`'+3'`, `'UTC+3'`, `'-05:30'`) counts hours *west* of UTC.
-fn time_zone(value: &Expr) -> PgWireResult<Option<(String, String)>> {
+/// of UTC (`SET TIME ZONE -5`, shown `<-05:00>+05:00`), a name is a zone of the IANA
+/// database in any case (`Europe/Paris`, `utc`), and with `posix` an offset (`'+3'`,
+/// `'UTC+3'`, `'<-05:30>+05:30'`) counts hours *west* of UTC; without it (DataFusion's
+/// `datafusion.execution.time_zone`) an offset `'+05:30'` is east.
+fn time_zone(value: &Expr, posix: bool) -> PgWireResult<Option<(String, String)>> {
     let bad = |text: &str| {
         PgWireError::UserError(Box::new(ErrorInfo::new(
             "ERROR".into(),
@@ -258,32 +448,41 @@ fn time_zone(value: &Expr) -> PgWireResult<Option<(String, String)>> {
             format!("invalid value for parameter \"TimeZone\": \"{text}\""),
         )))
     };
+    let is_number = |e: &Expr| matches!(e, Expr::Value(v) if matches!(v.value, datafusion::sql::sqlparser::ast::Value::Number(..)));
     let number = match value {
-        Expr::Value(v) => matches!(v.value, datafusion::sql::sqlparser::ast::Value::Number(..)),
-        Expr::UnaryOp { expr, .. } => {
-            matches!(expr.as_ref(), Expr::Value(v) if matches!(v.value, datafusion::sql::sqlparser::ast::Value::Number(..)))
-        }
-        _ => false,
+        Expr::UnaryOp { expr, .. } => is_number(expr),
+        other => is_number(other),
     };
     let text = value_text(value);
     if number {
         let hours: f64 = text.parse().map_err(|_| bad(&text))?;
-        let offset = offset_text(hours).ok_or_else(|| bad(&text))?;
-        return Ok(Some((offset.clone(), offset)));
+        let east = offset_text(hours).ok_or_else(|| bad(&text))?;
+        let west = offset_text(-hours).ok_or_else(|| bad(&text))?;
+        return Ok(Some((format!("<{east}>{west}"), east)));
     }
-    if matches!(value, Expr::Identifier(_))
+    if matches!(value, Expr::Identifier(i) if i.quote_style.is_none())
         && ["local", "default"].contains(&text.to_ascii_lowercase().as_str())
     {
         return Ok(None);
     }
-    if let Some(west) = posix_offset(&text) {
-        let offset = offset_text(-west).ok_or_else(|| bad(&text))?;
-        return Ok(Some((text, offset)));
+    if posix {
+        if let Some(west) = posix_offset(&text) {
+            let offset = offset_text(-west).ok_or_else(|| bad(&text))?;
+            return Ok(Some((text, offset)));
+        }
+    } else if text.starts_with(['+', '-']) {
+        return match Tz::from_str(&text) {
+            Ok(_) => Ok(Some((text.clone(), text))),
+            Err(_) => Err(bad(&text)),
+        };
     }
-    match Tz::from_str(&text) {
-        Ok(_) if !text.starts_with(['+', '-']) => Ok(Some((text.clone(), text))),
-        _ => Err(bad(&text)),
-    }
+    let zone = chrono_tz::TZ_VARIANTS
+        .iter()
+        .find(|z| z.name().eq_ignore_ascii_case(&text))
+        .ok_or_else(|| bad(&text))?;
+    let name = zone.name().to_string();
+    Tz::from_str(&name).map_err(|_| bad(&text))?;
+    Ok(Some((name.clone(), name)))
 }
 
 /// `hours` east of UTC as `+HH:MM`, within PostgreSQL's ±15 h.
@@ -303,6 +502,11 @@ fn offset_text(hours: f64) -> Option<String> {
 /// Hours west of UTC of a POSIX zone without daylight rule: `[name]±H[H][:MM]`, the name
 /// (if any) three or more letters.
 fn posix_offset(text: &str) -> Option<f64> {
+    // `<-05:30>+05:30`: a quoted name, then the offset
+    let text = match text.strip_prefix('<') {
+        Some(rest) => &rest[rest.find('>')? + 1..],
+        None => text,
+    };
     let digits_at = text.find(|c: char| c.is_ascii_digit() || c == '+' || c == '-')?;
     let (name, offset) = text.split_at(digits_at);
     if !(name.is_empty() || (name.len() >= 3 && name.chars().all(|c| c.is_ascii_alphabetic()))) {
@@ -366,7 +570,7 @@ impl QueryHook for SettingsHook {
         ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        Self::respond(statement, ctx, client).await
+        self.respond(statement, ctx, client).await
     }
 
     async fn handle_extended_parse_query(
@@ -377,7 +581,7 @@ impl QueryHook for SettingsHook {
     ) -> Option<PgWireResult<LogicalPlan>> {
         let columns = match statement {
             Statement::Set(Set::SingleAssignment {
-                scope: None,
+                scope: None | Some(ContextModifier::Session),
                 hivevar: false,
                 variable,
                 ..
@@ -391,7 +595,9 @@ impl QueryHook for SettingsHook {
                 )?;
                 vec![]
             }
-            Statement::Set(Set::SetTimeZone { local: false, .. }) => vec![],
+            Statement::Set(Set::SetTimeZone { local: false, .. }) | Statement::Reset(_) => {
+                vec![]
+            }
             Statement::ShowVariable { variable } => {
                 let named = Named::of_idents(variable)?;
                 vec![Field::new(named.column(), DataType::Utf8, false)]
@@ -419,7 +625,7 @@ impl QueryHook for SettingsHook {
         ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        Self::respond(statement, ctx, client).await
+        self.respond(statement, ctx, client).await
     }
 }
 
@@ -448,6 +654,7 @@ mod tests {
         assert_eq!(posix_offset("Europe/Paris"), None);
         assert_eq!(posix_offset("Etc/GMT+3"), None);
         assert_eq!(posix_offset("+3:75"), None);
+        assert_eq!(posix_offset("<-09:30>+09:30"), Some(9.5));
         assert_eq!(offset_text(-3.0).as_deref(), Some("-03:00"));
         assert_eq!(offset_text(5.75).as_deref(), Some("+05:45"));
         assert_eq!(offset_text(16.0), None);
