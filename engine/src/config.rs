@@ -72,6 +72,9 @@ pub struct Config {
     /// Memory all queries of the server may use together (DataFusion's memory pool, fairly
     /// shared, spilling to disk where an operator can); 0: no limit.
     pub memory_limit_mb: u64,
+    /// Memory a load may hold for the rows it has read and not yet written (each day's rows
+    /// are written out, oldest first, past it).
+    pub load_memory_mb: u64,
     /// Default statement timeout of every session (`SET statement_timeout` changes it for
     /// one session): milliseconds, or with a unit (`"30s"`, `"5min"`); 0: none.
     #[serde(deserialize_with = "timeout_ms")]
@@ -323,6 +326,7 @@ impl Default for Config {
             export_dir: None,
             external_locations: Vec::new(),
             memory_limit_mb: 8192,
+            load_memory_mb: 1024,
             statement_timeout: 0,
             http_listen: "127.0.0.1:9187".into(),
         }
@@ -387,6 +391,7 @@ impl Config {
                 "CUBE_MEMORY_MB" => self.cube_memory_mb = number(&value)? as u64,
                 "MAX_CONNECTIONS" => self.max_connections = number(&value)? as usize,
                 "MEMORY_LIMIT_MB" => self.memory_limit_mb = number(&value)? as u64,
+                "LOAD_MEMORY_MB" => self.load_memory_mb = number(&value)? as u64,
                 "STATEMENT_TIMEOUT" => {
                     self.statement_timeout =
                         parse_timeout_ms(&value).map_err(|reason| ConfigError::Invalid {

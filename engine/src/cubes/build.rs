@@ -13,6 +13,7 @@ use std::time::Instant;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::DeltaTable;
@@ -312,7 +313,7 @@ fn delta_error(
 /// committing `new_rows` (`before_was_empty`: `traces` held no file at `before`).
 pub async fn refresh_after_load(
     warehouse: &Warehouse,
-    new_rows: &[RecordBatch],
+    new_rows: Option<Arc<dyn TableProvider>>,
     before: i64,
     before_was_empty: bool,
     after: i64,
@@ -323,19 +324,9 @@ pub async fn refresh_after_load(
         return Ok(Vec::new());
     }
     let ctx = build_session();
-    if let Some(first) = new_rows.first() {
-        let parts = ctx.state().config().target_partitions().max(1);
-        let chunk = new_rows.len().div_ceil(parts).max(1);
-        let partitions: Vec<Vec<RecordBatch>> = new_rows
-            .chunks(chunk)
-            .map(<[RecordBatch]>::to_vec)
-            .collect();
-        let table =
-            MemTable::try_new(first.schema(), partitions).map_err(|e| CubeError::Query {
-                cube: "(new traces)".into(),
-                source: Box::new(e),
-            })?;
-        ctx.register_table("new_traces", Arc::new(table))
+    let no_rows = new_rows.is_none();
+    if let Some(table) = new_rows {
+        ctx.register_table("new_traces", table)
             .expect("fresh session");
     }
     let mut done: Vec<(&CubeDef, u64)> = Vec::new();
@@ -357,7 +348,7 @@ pub async fn refresh_after_load(
             report.push(rebuild(warehouse, def).await?);
             continue;
         }
-        if new_rows.is_empty() {
+        if no_rows {
             let rows = write(
                 warehouse,
                 def,

@@ -2,27 +2,25 @@
 //! source identities as Delta transaction ids and the load record as commit metadata), and
 //! the `tracecube.loads` row.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-    UInt32Array,
 };
-use datafusion::arrow::compute::{concat_batches, take_record_batch};
-use datafusion::arrow::datatypes::Date32Type;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
-use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use futures::TryStreamExt;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::source::SourceFile;
+use super::stage::Part;
 use super::{LoadError, LoadRecord, SourceRowError};
-use crate::schema::{loads_schema, rejects_schema, traces_schema};
+use crate::schema::{loads_schema, rejects_schema};
 use crate::warehouse::{Table, Warehouse, WarehouseError};
 
 /// Key of the load record in a `traces` commit's metadata.
@@ -64,29 +62,6 @@ pub async fn source_already_loaded(
     Ok(version.is_some())
 }
 
-/// `(day, contact_id)` of the rows already stored for days in `days` (sorted), as
-/// batches of a Date32 and a Utf8 column.
-pub async fn stored_contact_ids(
-    ctx: &SessionContext,
-    warehouse: &Warehouse,
-    days: &[i32],
-) -> Result<Vec<RecordBatch>, LoadError> {
-    let (Some(first), Some(last)) = (days.first(), days.last()) else {
-        return Ok(Vec::new());
-    };
-    let session = SessionContext::new_with_state(ctx.state());
-    warehouse
-        .register(&session, "traces", Table::Traces)
-        .await?;
-    let sql = format!(
-        "SELECT day, contact_id FROM traces WHERE day BETWEEN to_date('{}') AND to_date('{}')",
-        date_string(*first),
-        date_string(*last)
-    );
-    let batches = session.sql(&sql).await?.collect().await?;
-    batches.iter().map(cast_strings).collect()
-}
-
 /// Cast string-view columns (as DataFusion reads them) to plain strings.
 fn cast_strings(batch: &RecordBatch) -> Result<RecordBatch, LoadError> {
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -110,30 +85,15 @@ fn cast_strings(batch: &RecordBatch) -> Result<RecordBatch, LoadError> {
     )?)
 }
 
-fn date_string(days: i32) -> String {
-    chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163)
-        .map(|d| d.to_string())
-        .unwrap_or_default()
-}
-
-/// Commit the new rows of a load, sorted by (day, channel, declaration), in one commit
-/// that also records the sources as loaded. Returns the new `traces` version and the rows.
+/// Commit the staged files of a load in one commit that also records the sources as
+/// loaded. Returns the new `traces` version.
 pub async fn commit_traces(
     warehouse: &Warehouse,
     traces: DeltaTable,
-    batches: Vec<RecordBatch>,
+    parts: &[(i32, Part)],
     sources: &[SourceFile],
     record: &mut LoadRecord,
-) -> Result<(i64, Vec<RecordBatch>), LoadError> {
-    let schema = traces_schema();
-    let mut data = Vec::new();
-    if !batches.is_empty() {
-        let all = concat_batches(&schema, &batches)?;
-        drop(batches);
-        let order = sort_order(&all);
-        data.push(take_record_batch(&all, &order)?);
-        tracing::debug!("sorted {} rows", all.num_rows());
-    }
+) -> Result<i64, LoadError> {
     let metadata = serde_json::to_value(&*record).expect("load record serialises");
     let commit = CommitProperties::default()
         .with_metadata([(LOAD_METADATA_KEY.to_string(), metadata)])
@@ -143,61 +103,24 @@ pub async fn commit_traces(
                 .map(|s| Transaction::new(s.identity(), 1))
                 .collect(),
         );
-    if data.is_empty() {
-        // Nothing new (every row was a duplicate): still record the sources as loaded.
-        let snapshot = traces
-            .snapshot()
-            .map_err(delta_err(Table::Traces, warehouse.table_url(Table::Traces)))?;
-        let operation = DeltaOperation::Write {
-            mode: SaveMode::Append,
-            partition_by: Some(vec!["day".to_string()]),
-            predicate: None,
-        };
-        let done = CommitBuilder::from(commit)
-            .build(Some(snapshot), traces.log_store(), operation)
-            .await
-            .map_err(delta_err(Table::Traces, warehouse.table_url(Table::Traces)))?;
-        return Ok((done.version() as i64, data));
-    }
-    let table = traces
-        .write(data.clone())
-        .with_save_mode(SaveMode::Append)
-        .with_partition_columns(["day"])
-        .with_writer_properties(writer_properties())
-        .with_commit_properties(commit)
+    let snapshot = traces
+        .snapshot()
+        .map_err(delta_err(Table::Traces, warehouse.table_url(Table::Traces)))?;
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: Some(vec!["day".to_string()]),
+        predicate: None,
+    };
+    let actions = parts
+        .iter()
+        .map(|(_, part)| Action::Add(part.add.clone()))
+        .collect();
+    let done = CommitBuilder::from(commit)
+        .with_actions(actions)
+        .build(Some(snapshot), traces.log_store(), operation)
         .await
         .map_err(delta_err(Table::Traces, warehouse.table_url(Table::Traces)))?;
-    Ok((table.version().unwrap_or_default() as i64, data))
-}
-
-/// Row order (day, channel, declaration) of a `traces` batch. Channels and declarations
-/// repeat, so each distinct value is ranked once and rows are sorted on integer keys.
-fn sort_order(batch: &RecordBatch) -> UInt32Array {
-    let ranks = |name: &str| -> Vec<u32> {
-        let a = batch
-            .column_by_name(name)
-            .expect("sort column")
-            .as_string::<i32>();
-        let mut distinct: Vec<&str> = a
-            .iter()
-            .flatten()
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        distinct.sort_unstable();
-        let rank: HashMap<&str, u32> = distinct.into_iter().zip(0..).collect();
-        a.iter().map(|v| v.map_or(0, |v| rank[v])).collect()
-    };
-    let day = batch
-        .column_by_name("day")
-        .expect("day")
-        .as_primitive::<Date32Type>();
-    let (channel, declaration) = (ranks("channel"), ranks("declaration"));
-    let mut keys: Vec<(i32, u32, u32, u32)> = (0..batch.num_rows())
-        .map(|i| (day.value(i), channel[i], declaration[i], i as u32))
-        .collect();
-    keys.sort_unstable();
-    keys.into_iter().map(|k| k.3).collect()
+    Ok(done.version() as i64)
 }
 
 /// Store rejected rows in `rejects`, tagged with the load id.

@@ -109,13 +109,9 @@ impl Deriver {
             weekday.push(((local_day as i64 + 3).rem_euclid(7) + 1) as i32);
             minute.push(t - t.rem_euclid(MICROS_PER_MINUTE));
             let local_date = date_of(local_day);
-            life_stage.push(birth.is_valid(i).then(|| {
-                let age = whole_years(date_of(birth.value(i)), local_date);
-                LIFE_STAGES
-                    .iter()
-                    .find(|(lo, _)| age >= *lo)
-                    .map_or("<18", |(_, s)| s)
-            }));
+            // unknown when the birth date is unknown or after the contact
+            let born = birth.is_valid(i) && birth.value(i) <= local_day;
+            life_stage.push(born.then(|| life_stage_of(date_of(birth.value(i)), local_date)));
             tenure.push(if since.is_valid(i) && since.value(i) <= local_day {
                 Some(whole_years(date_of(since.value(i)), local_date))
             } else {
@@ -194,6 +190,15 @@ fn whole_years(from: NaiveDate, to: NaiveDate) -> i32 {
     years
 }
 
+/// The life-stage band of a customer born on `birth`, at `date` (not before `birth`).
+fn life_stage_of(birth: NaiveDate, date: NaiveDate) -> &'static str {
+    let age = whole_years(birth, date);
+    LIFE_STAGES
+        .iter()
+        .find(|(lo, _)| age >= *lo)
+        .map_or("<18", |(_, s)| s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +214,50 @@ mod tests {
         assert_eq!(whole_years(d(2000, 2, 29), d(2025, 2, 28)), 24);
         assert_eq!(whole_years(d(2000, 2, 29), d(2025, 3, 1)), 25);
         assert_eq!(whole_years(d(2026, 1, 1), d(2026, 12, 31)), 0);
+    }
+
+    #[test]
+    fn a_birth_date_after_the_contact_gives_no_life_stage() {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        let births = [
+            Some("2026-01-02"),
+            Some("2026-01-01"),
+            None,
+            Some("1990-06-01"),
+        ];
+        let n = births.len();
+        let text = |v: Vec<Option<&str>>| Arc::new(StringArray::from(v)) as ArrayRef;
+        let columns = [
+            ("contact_id", text((0..n).map(|_| Some("c")).collect())),
+            ("customer_id", text(vec![Some("u"); n])),
+            ("ts", text(vec![Some("2026-01-01T10:00:00Z"); n])),
+            ("channel", text(vec![Some("phone"); n])),
+            ("declaration", text(vec![Some("A"); n])),
+            ("customer_birth_date", text(births.to_vec())),
+        ];
+        let schema = Schema::new(
+            columns
+                .iter()
+                .map(|(name, _)| Field::new(*name, DataType::Utf8, true))
+                .collect::<Vec<_>>(),
+        );
+        let batch = RecordBatch::try_new(
+            Arc::new(schema),
+            columns.into_iter().map(|(_, c)| c).collect(),
+        )
+        .unwrap();
+        let valid = crate::load::validate::Validator::new().validate(&batch, 1);
+        assert!(valid.rejected.is_empty(), "{:?}", valid.rejected);
+        let derived = Deriver::new(&Config::default())
+            .unwrap()
+            .derive(&valid.good);
+        let stages = derived
+            .column_by_name("life_stage")
+            .unwrap()
+            .as_string::<i32>()
+            .iter()
+            .collect::<Vec<_>>();
+        assert_eq!(stages, [None, Some("<18"), None, Some("35-44")]);
     }
 
     #[test]

@@ -5,17 +5,16 @@
 mod commit;
 pub mod derive;
 pub mod source;
+pub mod stage;
 pub mod validate;
 
 pub use commit::writer_properties as stored_writer_properties;
 pub use commit::writer_properties_with_row_groups;
 
-use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::datatypes::Date32Type;
+use datafusion::catalog::TableProvider;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -110,6 +109,8 @@ pub enum LoadError {
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error("query on the warehouse failed: {0}")]
     Query(#[from] datafusion::error::DataFusionError),
+    #[error("cannot stage the load's rows in the warehouse: {0}")]
+    Staging(String),
 }
 
 fn listed(errors: &[SourceRowError], count: u64) -> String {
@@ -277,13 +278,112 @@ impl<'a> Loader<'a> {
         }
 
         let bar = progress_bar(options.progress, record.bytes);
-        let mut deriver = Deriver::new(self.warehouse.config()).map_err(WarehouseError::from)?;
-        let mut batches = Vec::new();
+        let target = stage::Target::of(&traces)?;
+        let budget = usize::try_from(self.warehouse.config().load_memory_mb.max(16) << 20)
+            .unwrap_or(usize::MAX);
+        let mut stager = stage::Stager::new(target.clone(), budget);
         let mut rejected: Vec<SourceRowError> = Vec::new();
         let started = Instant::now();
-        let validator = Validator::new();
-        for file in &fresh {
-            let (schema, mut stream) = file.read().await?;
+        let read = self
+            .stage_sources(
+                &fresh,
+                options,
+                &mut stager,
+                &mut record,
+                &mut rejected,
+                &bar,
+            )
+            .await;
+        let failing = options.on_error == OnError::Fail && !rejected.is_empty();
+        if read.is_err() || failing {
+            stager.abandon().await;
+        }
+        read?;
+        record.rows_rejected = rejected.len() as u64;
+        if failing {
+            bar.abandon_with_message("aborted: bad rows");
+            let count = rejected.len() as u64;
+            rejected.truncate(MAX_LISTED_ERRORS);
+            return Err(LoadError::BadRows {
+                count,
+                errors: rejected,
+            });
+        }
+        let mut staged = stager.finish().await?;
+        tracing::debug!(
+            "read, validated, derived and staged {} rows in {:?}",
+            record.rows_read,
+            started.elapsed()
+        );
+        bar.set_message("checking for contacts already stored");
+        let stored = stage::stored_files(&traces)?;
+        let settled = stage::settle(&target, &mut staged, &stored).await;
+        let dropped = match settled {
+            Ok(dropped) => dropped,
+            Err(e) => {
+                stage::remove(&target, &staged).await;
+                return Err(e);
+            }
+        };
+        record.rows_duplicate = staged.repeats + dropped;
+        tracing::debug!("duplicate check done at {:?}", started.elapsed());
+        record.rows_loaded = staged.days.values().flatten().map(|p| p.rows).sum();
+        record.status = "committed".into();
+        bar.set_message(format!("committing {} rows", record.rows_loaded));
+        if !rejected.is_empty() {
+            commit::write_rejects(self.warehouse, load_id, &rejected).await?;
+        }
+        let before = traces.version().map_or(0, |v| v as i64);
+        let before_was_empty = traces
+            .snapshot()
+            .map_or(true, |s| s.log_data().num_files() == 0);
+        let parts: Vec<(i32, stage::Part)> = staged
+            .days
+            .iter()
+            .flat_map(|(day, parts)| parts.iter().map(|p| (*day, p.clone())))
+            .collect();
+        let committed =
+            commit::commit_traces(self.warehouse, traces, &parts, &fresh, &mut record).await;
+        let version = match committed {
+            Ok(version) => version,
+            Err(e) => {
+                stage::remove(&target, &staged).await;
+                return Err(e);
+            }
+        };
+        record.traces_version = Some(version);
+        tracing::debug!(
+            "committed traces version {version} at {:?}",
+            started.elapsed()
+        );
+        bar.set_message("refreshing cubes");
+        let new_rows = stage::parts_table(&target, &parts);
+        self.refresh_cubes(new_rows, before, before_was_empty, version)
+            .await;
+        tracing::debug!("cubes refreshed at {:?}", started.elapsed());
+        record.finished_at = now_micros();
+        commit::record_load(self.warehouse, &record).await?;
+        bar.finish_and_clear();
+        Ok(record)
+    }
+
+    /// Read, validate and derive every source, staging the good rows; bad rows are
+    /// listed in `rejected` (a failing load keeps reading to count them, staging nothing
+    /// more).
+    async fn stage_sources(
+        &self,
+        files: &[source::SourceFile],
+        options: &LoadOptions,
+        stager: &mut stage::Stager,
+        record: &mut LoadRecord,
+        rejected: &mut Vec<SourceRowError>,
+        bar: &ProgressBar,
+    ) -> Result<(), LoadError> {
+        let validator = Arc::new(Validator::new());
+        let config = Arc::new(self.warehouse.config().clone());
+        let started = Instant::now();
+        for file in files {
+            let (schema, stream) = file.read().await?;
             let (missing, extra) = validator.check_columns(&schema);
             if !missing.is_empty() {
                 return Err(LoadError::MissingColumns {
@@ -298,22 +398,42 @@ impl<'a> Loader<'a> {
                     extra.join(", ")
                 );
             }
+            // batches are validated and derived on two threads, and staged in order
             let mut next_row = 1u64;
-            while let Some(batch) = stream.next().await {
-                let batch = batch?;
-                let validated = validator.validate(&batch, next_row);
-                next_row += batch.num_rows() as u64;
-                record.rows_read += batch.num_rows() as u64;
-                rejected.extend(validated.rejected.into_iter().map(|error| SourceRowError {
+            let mut checked = stream
+                .map(|batch| {
+                    let first_row = next_row;
+                    if let Ok(b) = &batch {
+                        next_row += b.num_rows() as u64;
+                    }
+                    let (validator, config) = (Arc::clone(&validator), Arc::clone(&config));
+                    tokio::task::spawn_blocking(move || {
+                        let batch = batch?;
+                        let validated = validator.validate(&batch, first_row);
+                        let derived = if validated.good.num_rows() > 0 {
+                            let mut deriver =
+                                Deriver::new(&config).map_err(WarehouseError::from)?;
+                            Some(deriver.derive(&validated.good))
+                        } else {
+                            None
+                        };
+                        Ok::<_, LoadError>((batch.num_rows() as u64, validated.rejected, derived))
+                    })
+                })
+                .buffered(2);
+            while let Some(joined) = checked.next().await {
+                let (rows, bad, derived) =
+                    joined.map_err(|e| LoadError::Staging(e.to_string()))??;
+                record.rows_read += rows;
+                rejected.extend(bad.into_iter().map(|error| SourceRowError {
                     source_url: file.url.clone(),
                     error,
                 }));
-                // A failing load keeps reading to count bad rows but holds no good ones.
                 let failing = options.on_error == OnError::Fail && !rejected.is_empty();
-                if failing {
-                    batches.clear();
-                } else if validated.good.num_rows() > 0 {
-                    batches.push(deriver.derive(&validated.good));
+                if let Some(derived) = derived
+                    && !failing
+                {
+                    stager.push(derived).await?;
                 }
                 bar.set_message(format!(
                     "{} rows, {:.0} rows/s",
@@ -323,52 +443,7 @@ impl<'a> Loader<'a> {
             }
             bar.inc(file.meta.size);
         }
-        record.rows_rejected = rejected.len() as u64;
-        if options.on_error == OnError::Fail && !rejected.is_empty() {
-            bar.abandon_with_message("aborted: bad rows");
-            let count = rejected.len() as u64;
-            rejected.truncate(MAX_LISTED_ERRORS);
-            return Err(LoadError::BadRows {
-                count,
-                errors: rejected,
-            });
-        }
-
-        tracing::debug!(
-            "read, validated and derived {} rows in {:?}",
-            record.rows_read,
-            started.elapsed()
-        );
-        bar.set_message("checking for contacts already stored");
-        let (batches, duplicates) = drop_duplicates(&self.ctx, self.warehouse, batches).await?;
-        record.rows_duplicate = duplicates;
-        tracing::debug!("duplicate check done at {:?}", started.elapsed());
-        record.rows_loaded = batches.iter().map(|b| b.num_rows() as u64).sum();
-        record.status = "committed".into();
-        bar.set_message(format!("writing {} rows", record.rows_loaded));
-        if !rejected.is_empty() {
-            commit::write_rejects(self.warehouse, load_id, &rejected).await?;
-        }
-        let before = traces.version().map_or(0, |v| v as i64);
-        let before_was_empty = traces
-            .snapshot()
-            .map_or(true, |s| s.log_data().num_files() == 0);
-        let (version, rows) =
-            commit::commit_traces(self.warehouse, traces, batches, &fresh, &mut record).await?;
-        record.traces_version = Some(version);
-        tracing::debug!(
-            "committed traces version {version} at {:?}",
-            started.elapsed()
-        );
-        bar.set_message("refreshing cubes");
-        self.refresh_cubes(&rows, before, before_was_empty, version)
-            .await;
-        drop(rows);
-        tracing::debug!("cubes refreshed at {:?}", started.elapsed());
-        record.finished_at = now_micros();
-        commit::record_load(self.warehouse, &record).await?;
-        bar.finish_and_clear();
-        Ok(record)
+        Ok(())
     }
 }
 
@@ -378,7 +453,7 @@ impl Loader<'_> {
     /// the load itself is committed.
     async fn refresh_cubes(
         &self,
-        rows: &[RecordBatch],
+        rows: Option<Arc<dyn TableProvider>>,
         before: i64,
         before_was_empty: bool,
         after: i64,
@@ -429,74 +504,4 @@ fn progress_bar(show: bool, bytes: u64) -> ProgressBar {
         .expect("valid template"),
     );
     bar
-}
-
-/// Drop rows whose (`contact_id`, `day`) is already stored, or appeared earlier in this
-/// load. Returns the remaining batches and how many rows were dropped.
-async fn drop_duplicates(
-    ctx: &SessionContext,
-    warehouse: &Warehouse,
-    batches: Vec<RecordBatch>,
-) -> Result<(Vec<RecordBatch>, u64), LoadError> {
-    let day_of = |b: &RecordBatch| {
-        b.column_by_name("day")
-            .expect("day")
-            .as_primitive::<Date32Type>()
-            .clone()
-    };
-    let id_of = |b: &RecordBatch| {
-        b.column_by_name("contact_id")
-            .expect("contact_id")
-            .as_string::<i32>()
-            .clone()
-    };
-    let mut days: Vec<i32> = batches
-        .iter()
-        .flat_map(|b| day_of(b).values().to_vec())
-        .collect::<HashSet<i32>>()
-        .into_iter()
-        .collect();
-    days.sort_unstable();
-    let stored = commit::stored_contact_ids(ctx, warehouse, &days).await?;
-    // Keys borrow the ids from the batches, which outlive the set.
-    let stored_columns: Vec<_> = stored
-        .iter()
-        .map(|b| {
-            (
-                b.column(0).as_primitive::<Date32Type>().clone(),
-                b.column(1).as_string::<i32>().clone(),
-            )
-        })
-        .collect();
-    let new_columns: Vec<_> = batches.iter().map(|b| (day_of(b), id_of(b))).collect();
-    let mut seen: HashSet<(i32, &str)> = HashSet::new();
-    for (day, id) in &stored_columns {
-        seen.extend(
-            day.values()
-                .iter()
-                .copied()
-                .zip(id.iter().map(|v| v.unwrap_or(""))),
-        );
-    }
-    let masks: Vec<BooleanArray> = new_columns
-        .iter()
-        .map(|(day, id)| {
-            (0..id.len())
-                .map(|i| Some(seen.insert((day.value(i), id.value(i)))))
-                .collect()
-        })
-        .collect();
-    drop(seen);
-    let mut dropped = 0u64;
-    let mut out = Vec::with_capacity(batches.len());
-    for (batch, keep) in batches.into_iter().zip(masks) {
-        let kept = keep.true_count();
-        dropped += (batch.num_rows() - kept) as u64;
-        if kept == batch.num_rows() {
-            out.push(batch);
-        } else if kept > 0 {
-            out.push(filter_record_batch(&batch, &keep)?);
-        }
-    }
-    Ok((out, dropped))
 }

@@ -5,11 +5,18 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use bytes::{Buf, Bytes};
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::context::SessionContext;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
 use super::LoadError;
 use arrow::array::RecordBatch;
@@ -70,17 +77,36 @@ impl SourceFile {
         )
     }
 
-    /// The whole file's bytes.
-    async fn fetch(&self) -> Result<bytes::Bytes, String> {
-        let get = self
-            .store
-            .get(&self.meta.location)
-            .await
-            .map_err(|e| e.to_string())?;
-        get.bytes().await.map_err(|e| e.to_string())
+    /// The file's bytes in blocks of [`BLOCK_BYTES`], the next one fetched while the
+    /// current one is decoded.
+    fn blocks(&self) -> BoxStream<'static, Result<Bytes, LoadError>> {
+        let (store, location, size) = (
+            Arc::clone(&self.store),
+            self.meta.location.clone(),
+            self.meta.size,
+        );
+        let url = self.url.clone();
+        futures::stream::iter((0..size).step_by(BLOCK_BYTES as usize))
+            .map(move |start| {
+                let (store, location, url) = (Arc::clone(&store), location.clone(), url.clone());
+                async move {
+                    let end = (start + BLOCK_BYTES).min(size);
+                    store
+                        .get_range(&location, start..end)
+                        .await
+                        .map_err(|e| LoadError::Read {
+                            source_url: url,
+                            message: e.to_string(),
+                        })
+                }
+            })
+            .buffered(2)
+            .boxed()
     }
 
-    /// Read the file as batches; the schema is the file's own (text for CSV and NDJSON).
+    /// Read the file as a stream of batches of at most [`BATCH_ROWS`] rows, holding one
+    /// Parquet row group or a few blocks of text at a time. The schema is the file's own
+    /// (all text for CSV and NDJSON).
     pub async fn read(
         &self,
     ) -> Result<
@@ -97,34 +123,191 @@ impl SourceFile {
         };
         match self.format {
             Format::Parquet => {
-                let bytes = self.fetch().await.map_err(&read_err)?;
-                let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                let reader = ObjectFile::new(
+                    Arc::clone(&self.store),
+                    self.meta.location.clone(),
+                    self.meta.size,
+                );
+                let builder = ParquetRecordBatchStreamBuilder::new(reader)
+                    .await
                     .map_err(|e| read_err(e.to_string()))?
-                    .with_batch_size(BATCH_ROWS)
+                    .with_batch_size(BATCH_ROWS);
+                let schema = Arc::clone(builder.schema());
+                let stream = builder
                     .build()
-                    .map_err(|e| read_err(e.to_string()))?;
-                let schema = datafusion::arrow::array::RecordBatchReader::schema(&reader);
-                let stream = futures::stream::iter(
-                    reader.map(move |b| b.map_err(|e| read_err(e.to_string()))),
-                )
-                .boxed();
+                    .map_err(|e| read_err(e.to_string()))?
+                    .map(move |b| b.map_err(|e| read_err(e.to_string())))
+                    .boxed();
                 Ok((schema, stream))
             }
-            Format::Csv | Format::Ndjson => {
-                let bytes = self.fetch().await.map_err(&read_err)?;
-                let (schema, batches) = if self.format == Format::Csv {
-                    read_csv(&bytes)
-                } else {
-                    read_ndjson(&bytes)
-                }
-                .map_err(&read_err)?;
-                Ok((
-                    schema,
-                    futures::stream::iter(batches.into_iter().map(Ok)).boxed(),
-                ))
+            Format::Csv => {
+                let (head, rest) = head(self.blocks(), |head| head.contains(&b'\n')).await?;
+                let header = csv::ReaderBuilder::new()
+                    .has_headers(true)
+                    .from_reader(head.as_ref())
+                    .headers()
+                    .map_err(|e| read_err(format!("cannot read CSV header: {e}")))?
+                    .iter()
+                    .map(|h| h.trim().to_string())
+                    .collect::<Vec<_>>();
+                let schema = text_schema(header);
+                let decoder = arrow::csv::ReaderBuilder::new(Arc::clone(&schema))
+                    .with_header(true)
+                    .with_batch_size(BATCH_ROWS)
+                    .build_decoder();
+                Ok((schema, decoded(decoder, head, rest, read_err)))
+            }
+            Format::Ndjson => {
+                // the columns are those of the first records
+                let (head, rest) = head(self.blocks(), |head| head.len() >= SCHEMA_BYTES).await?;
+                let complete = head
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map_or(head.len(), |i| i + 1);
+                let (inferred, _) =
+                    arrow::json::reader::infer_json_schema(Cursor::new(&head[..complete]), None)
+                        .map_err(|e| read_err(format!("cannot read NDJSON: {e}")))?;
+                let schema = text_schema(inferred.fields().iter().map(|f| f.name().clone()));
+                let decoder = arrow::json::ReaderBuilder::new(Arc::clone(&schema))
+                    .with_coerce_primitive(true)
+                    .with_batch_size(BATCH_ROWS)
+                    .build_decoder()
+                    .map_err(|e| read_err(e.to_string()))?;
+                Ok((schema, decoded(decoder, head, rest, read_err)))
             }
         }
     }
+}
+
+/// A Parquet file of an object store, read by ranges: its footer, then the column chunks
+/// of one row group at a time.
+pub struct ObjectFile {
+    store: Arc<dyn ObjectStore>,
+    location: object_store::path::Path,
+    size: u64,
+}
+
+impl ObjectFile {
+    pub fn new(store: Arc<dyn ObjectStore>, location: object_store::path::Path, size: u64) -> Self {
+        ObjectFile {
+            store,
+            location,
+            size,
+        }
+    }
+}
+
+impl AsyncFileReader for ObjectFile {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            self.store
+                .get_range(&self.location, range)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .load_and_finish(&mut *self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+/// Bytes of a file read in one request.
+const BLOCK_BYTES: u64 = 8 << 20;
+/// How much of an NDJSON file its columns are taken from.
+const SCHEMA_BYTES: usize = 1 << 20;
+
+/// The first blocks of `blocks`, until `enough` says so or the file ends, and the rest.
+async fn head(
+    mut blocks: BoxStream<'static, Result<Bytes, LoadError>>,
+    enough: impl Fn(&[u8]) -> bool,
+) -> Result<(Bytes, BoxStream<'static, Result<Bytes, LoadError>>), LoadError> {
+    let mut head = Vec::new();
+    while !enough(&head) {
+        match blocks.next().await {
+            Some(block) => head.extend_from_slice(&block?),
+            None => break,
+        }
+    }
+    Ok((Bytes::from(head), blocks))
+}
+
+/// A decoder of text records that takes bytes as they come.
+trait Decode: Send + 'static {
+    /// Decode from `buf`: the bytes consumed (0 once a batch is full or `buf` is empty).
+    fn decode(&mut self, buf: &[u8]) -> Result<usize, arrow::error::ArrowError>;
+    fn flush(&mut self) -> Result<Option<RecordBatch>, arrow::error::ArrowError>;
+}
+
+impl Decode for arrow::csv::reader::Decoder {
+    fn decode(&mut self, buf: &[u8]) -> Result<usize, arrow::error::ArrowError> {
+        arrow::csv::reader::Decoder::decode(self, buf)
+    }
+    fn flush(&mut self) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
+        arrow::csv::reader::Decoder::flush(self)
+    }
+}
+
+impl Decode for arrow::json::reader::Decoder {
+    fn decode(&mut self, buf: &[u8]) -> Result<usize, arrow::error::ArrowError> {
+        arrow::json::reader::Decoder::decode(self, buf)
+    }
+    fn flush(&mut self) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
+        arrow::json::reader::Decoder::flush(self)
+    }
+}
+
+/// The batches `decoder` makes of `head` then `rest`.
+fn decoded(
+    decoder: impl Decode,
+    head: Bytes,
+    rest: BoxStream<'static, Result<Bytes, LoadError>>,
+    error: impl Fn(String) -> LoadError + Send + Sync + 'static,
+) -> BoxStream<'static, Result<RecordBatch, LoadError>> {
+    let error = Arc::new(error);
+    futures::stream::try_unfold(
+        (decoder, rest, head, false),
+        move |(mut decoder, mut rest, mut buffered, mut ended)| {
+            let error = Arc::clone(&error);
+            async move {
+                loop {
+                    // an empty buffer tells the decoder the input ended
+                    while buffered.is_empty() && !ended {
+                        match rest.next().await {
+                            Some(block) => buffered = block?,
+                            None => ended = true,
+                        }
+                    }
+                    let used = decoder
+                        .decode(&buffered)
+                        .map_err(|e| error(e.to_string()))?;
+                    if used == 0 {
+                        break;
+                    }
+                    buffered.advance(used);
+                }
+                match decoder.flush().map_err(|e| error(e.to_string()))? {
+                    Some(batch) => Ok(Some((batch, (decoder, rest, buffered, ended)))),
+                    None => Ok(None),
+                }
+            }
+        },
+    )
+    .boxed()
 }
 
 /// All columns as nullable text: values are converted and checked by the validator.
@@ -135,42 +318,6 @@ fn text_schema(names: impl IntoIterator<Item = String>) -> SchemaRef {
             .map(|n| Field::new(n, DataType::Utf8, true))
             .collect::<Vec<_>>(),
     ))
-}
-
-fn read_csv(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
-    let header = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_reader(bytes)
-        .headers()
-        .map_err(|e| format!("cannot read CSV header: {e}"))?
-        .iter()
-        .map(|h| h.trim().to_string())
-        .collect::<Vec<_>>();
-    let schema = text_schema(header);
-    let reader = arrow::csv::ReaderBuilder::new(schema.clone())
-        .with_header(true)
-        .with_batch_size(BATCH_ROWS)
-        .build(Cursor::new(bytes))
-        .map_err(|e| e.to_string())?;
-    let batches = reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    Ok((schema, batches))
-}
-
-fn read_ndjson(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
-    let (inferred, _) = arrow::json::reader::infer_json_schema(Cursor::new(bytes), None)
-        .map_err(|e| format!("cannot read NDJSON: {e}"))?;
-    let schema = text_schema(inferred.fields().iter().map(|f| f.name().clone()));
-    let reader = arrow::json::ReaderBuilder::new(schema.clone())
-        .with_coerce_primitive(true)
-        .with_batch_size(BATCH_ROWS)
-        .build(Cursor::new(bytes))
-        .map_err(|e| e.to_string())?;
-    let batches = reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    Ok((schema, batches))
 }
 
 /// Resolve each URL (a file, a directory or a glob) to the files it names, in URL order
