@@ -97,14 +97,23 @@ impl Target {
             .collect())
     }
 
+    /// A reader of the file at `path` (relative to the table), of `size` bytes.
+    async fn open(
+        &self,
+        path: &str,
+        size: u64,
+    ) -> Result<ParquetRecordBatchStreamBuilder<ObjectFile>, LoadError> {
+        let location = Path::parse(path).map_err(|e| LoadError::Staging(e.to_string()))?;
+        let reader = ObjectFile::new(Arc::clone(&self.store), location, size);
+        ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| LoadError::Staging(format!("{path}: {e}")))
+    }
+
     /// Every row of the staged or stored file at `path` (relative to the table), with
     /// its `day`.
     async fn read(&self, path: &str, size: u64, day: i32) -> Result<RecordBatch, LoadError> {
-        let location = Path::parse(path).map_err(|e| LoadError::Staging(e.to_string()))?;
-        let reader = ObjectFile::new(Arc::clone(&self.store), location, size);
-        let builder = ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .map_err(|e| LoadError::Staging(format!("{path}: {e}")))?;
+        let builder = self.open(path, size).await?;
         let batches: Vec<RecordBatch> = builder
             .build()
             .map_err(|e| LoadError::Staging(format!("{path}: {e}")))?
@@ -116,11 +125,7 @@ impl Target {
 
     /// The `contact_id`s of the file at `path`.
     async fn contact_ids(&self, path: &str, size: u64) -> Result<Vec<String>, LoadError> {
-        let location = Path::parse(path).map_err(|e| LoadError::Staging(e.to_string()))?;
-        let reader = ObjectFile::new(Arc::clone(&self.store), location, size);
-        let builder = ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .map_err(|e| LoadError::Staging(format!("{path}: {e}")))?;
+        let builder = self.open(path, size).await?;
         let Some(index) = builder
             .parquet_schema()
             .columns()

@@ -234,11 +234,7 @@ impl Policy<'_> {
                 variable, values, ..
             }) => {
                 let value = match values.as_slice() {
-                    [ast::Expr::Value(v)] => {
-                        v.clone().into_string().or_else(|| Some(v.to_string()))
-                    }
-                    [ast::Expr::Identifier(i)] => Some(i.value.clone()),
-                    [other] => Some(other.to_string()),
+                    [value] => Some(super::settings::value_text(value)),
                     _ => None,
                 };
                 check_setting(&variable.to_string(), value.as_deref())

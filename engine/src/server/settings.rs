@@ -17,7 +17,7 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
-    ContextModifier, Expr, Ident, Reset, Set, Statement, UnaryOperator,
+    ContextModifier, Expr, Ident, ObjectName, Reset, Set, Statement, UnaryOperator,
 };
 use datafusion_postgres::QueryHook;
 use datafusion_postgres::hooks::HookClient;
@@ -80,6 +80,14 @@ impl Named {
     }
 }
 
+/// The parts of a setting's name as written (`"tracecube".use_cubes`: two parts).
+fn name_parts(name: &ObjectName) -> impl Iterator<Item = &str> {
+    name.0
+        .iter()
+        .filter_map(|p| p.as_ident())
+        .map(|i| i.value.as_str())
+}
+
 /// The hook answering these `SET`, `RESET` and `SHOW` statements of one connection.
 #[derive(Debug)]
 pub struct SettingsHook {
@@ -114,13 +122,7 @@ impl SettingsHook {
                 variable,
                 values,
             }) => {
-                let named = Named::of(
-                    variable
-                        .0
-                        .iter()
-                        .filter_map(|p| p.as_ident())
-                        .map(|i| i.value.as_str()),
-                )?;
+                let named = Named::of(name_parts(variable))?;
                 let [value] = values.as_slice() else {
                     return Some(Err(invalid(named.column(), "a single value is expected")));
                 };
@@ -134,12 +136,7 @@ impl SettingsHook {
                 match &reset.reset {
                     Reset::ALL => self.reset_all(ctx, client).await,
                     Reset::ConfigurationParameter(name) => {
-                        let parts: Vec<&str> = name
-                            .0
-                            .iter()
-                            .filter_map(|p| p.as_ident())
-                            .map(|i| i.value.as_str())
-                            .collect();
+                        let parts: Vec<&str> = name_parts(name).collect();
                         self.reset(Named::of(parts.iter().copied()), &parts, ctx, client)
                             .await
                     }
@@ -422,7 +419,7 @@ fn change(
 }
 
 /// The text of a `SET` value: a string's contents, a name, a number or a boolean.
-fn value_text(value: &Expr) -> String {
+pub(super) fn value_text(value: &Expr) -> String {
     match value {
         Expr::Value(v) => v.clone().into_string().unwrap_or_else(|| v.to_string()),
         Expr::Identifier(i) => i.value.clone(),
@@ -586,13 +583,7 @@ impl QueryHook for SettingsHook {
                 variable,
                 ..
             }) => {
-                Named::of(
-                    variable
-                        .0
-                        .iter()
-                        .filter_map(|p| p.as_ident())
-                        .map(|i| i.value.as_str()),
-                )?;
+                Named::of(name_parts(variable))?;
                 vec![]
             }
             Statement::Set(Set::SetTimeZone { local: false, .. }) | Statement::Reset(_) => {
