@@ -58,6 +58,14 @@ enum Command {
     /// Compact the warehouse: merge small files of `traces`, merge each cube's partial rows
     /// into one row per cell, apply cube retentions, rebuild stale cubes.
     Compact,
+    /// Delete files no table references any more (replaced by compactions, staged by loads
+    /// that stopped) once they are older than the retention.
+    Vacuum {
+        /// How long unreferenced files are kept, e.g. "7 days", "1 hour", or 0 (default:
+        /// `vacuum_retention`, 1 day). Queries and loads running longer than it may fail.
+        #[arg(long)]
+        retention: Option<String>,
+    },
     /// Print the SCRAM-SHA-256 verifier of a password read from standard input (first line;
     /// asked twice, not echoed, on a terminal): the value of `password` in `[[users]]`.
     Passwd,
@@ -154,6 +162,28 @@ fn main() -> anyhow::Result<()> {
                     c.cube, c.action, c.rows, c.seconds, c.traces_version
                 );
             }
+        }
+        Command::Vacuum { retention } => {
+            let retention = retention
+                .map(|r| match r.trim() {
+                    "0" => Ok(0),
+                    r => tracecube_engine::config::parse_duration("--retention", r),
+                })
+                .transpose()?
+                .map(|s| std::time::Duration::from_secs(s as u64));
+            let report = runtime
+                .block_on(tracecube_engine::app::vacuum(config, retention))
+                .map_err(|e| anyhow::anyhow!("vacuum failed: {e}"))?;
+            for (table, files) in &report.tables {
+                if *files > 0 {
+                    println!("{table}: {files} file(s) deleted");
+                }
+            }
+            println!(
+                "vacuum: {} unreferenced file(s) deleted in {:.2} s",
+                report.files(),
+                report.seconds
+            );
         }
         Command::Passwd => unreachable!("answered before the configuration is read"),
         Command::Gen {

@@ -4,14 +4,12 @@
 //! agree (floating results within 1e-9 relative) after several loads, after a
 //! compaction, while the cubes are stale, and after they were rebuilt.
 
-mod common;
-#[path = "cubes/shapes.rs"]
 mod shapes;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{TestServer, TestWarehouse, simple_rows};
+use crate::common::{TestServer, TestWarehouse, simple_rows};
 use tokio_postgres::Client;
 use tracecube_engine::Warehouse;
 use tracecube_engine::config::default_cubes;

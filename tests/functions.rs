@@ -1,11 +1,9 @@
 //! End-to-end through the wire protocol: drill-down sums, weighted impact against its
 //! formula as `impact_weights` changes (and persists), the journey views, pruning.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::{TestServer, TestWarehouse, simple_rows};
+use crate::common::{TestServer, TestWarehouse, simple_rows};
 use tokio_postgres::Client;
 
 const ROWS: u64 = 20_000;

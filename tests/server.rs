@@ -1,15 +1,12 @@
 //! End-to-end: the real server on a free loopback port, queried with tokio-postgres over
 //! the simple and the extended protocol.
 
-#[path = "server/access.rs"]
 mod access;
-#[path = "server/clients.rs"]
 mod clients;
-mod common;
 
 use std::collections::BTreeMap;
 
-use common::{TestServer, TestWarehouse, generated_channel_counts, simple_rows};
+use crate::common::{TestServer, TestWarehouse, generated_channel_counts, simple_rows};
 
 const ROWS: u64 = 20_000;
 const SEED: u64 = 7;

@@ -3,15 +3,13 @@
 //! of `tests/sql/traces.csv`. Values are compared as psql shows them (simple query
 //! protocol); NULL prints as `NULL` and the empty string as `(empty)`.
 //!
-//! `SLT_COMPLETE=1 cargo test --test sql` rewrites the expected results from the
+//! `SLT_COMPLETE=1 cargo test --workspace --test e2e sql::` rewrites the expected results from the
 //! server's answers: review the diff before committing it.
-
-mod common;
 
 use std::path::{Path, PathBuf};
 
+use crate::common::{TestServer, TestWarehouse};
 use async_trait::async_trait;
-use common::{TestServer, TestWarehouse};
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType, Runner};
 use tokio_postgres::{Client, SimpleQueryMessage};
 

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::catalog;
 use crate::config::Config;
@@ -52,6 +52,9 @@ pub async fn prepare_server(
         tracing::info!("{}", record.summary_line());
         demo::seed_weights(&warehouse).await?;
     }
+    if let Some(every) = warehouse.config().maintenance_interval_seconds()? {
+        spawn_maintenance(warehouse.clone(), Duration::from_secs(every as u64));
+    }
     let ctx = catalog::session(&warehouse).await?;
     let user = match warehouse.config().users.first() {
         Some(user) => user.name.as_str(),
@@ -92,4 +95,53 @@ pub async fn load(
 pub async fn compact(config: Config) -> Result<crate::cubes::build::CompactReport, AppError> {
     let warehouse = Warehouse::open(config).await?;
     Ok(crate::cubes::build::compact(&warehouse).await?)
+}
+
+/// `tracecube vacuum`: delete the files no table references any more, replaced or staged
+/// more than `retention` ago (default: the configured `vacuum_retention`).
+pub async fn vacuum(
+    config: Config,
+    retention: Option<Duration>,
+) -> Result<crate::maintenance::VacuumReport, AppError> {
+    let warehouse = Warehouse::open(config).await?;
+    let retention = match retention {
+        Some(r) => r,
+        None => Duration::from_secs(warehouse.config().vacuum_retention_seconds()? as u64),
+    };
+    Ok(crate::maintenance::vacuum(&warehouse, retention).await?)
+}
+
+/// Compact and vacuum `warehouse` every `every`, first after one interval (the server's
+/// background housekeeping). A failure is logged and retried at the next turn.
+fn spawn_maintenance(warehouse: Warehouse, every: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match crate::cubes::build::compact(&warehouse).await {
+                Ok(report) => tracing::info!(
+                    "background compaction: traces {} file(s) merged into {} (version {})",
+                    report.traces_files_removed,
+                    report.traces_files_added,
+                    report.traces_version
+                ),
+                Err(e) => tracing::warn!("background compaction failed (retried later): {e}"),
+            }
+            let retention = warehouse
+                .config()
+                .vacuum_retention_seconds()
+                .map_or(Duration::from_secs(86_400), |s| {
+                    Duration::from_secs(s as u64)
+                });
+            match crate::maintenance::vacuum(&warehouse, retention).await {
+                Ok(report) => tracing::info!(
+                    "background vacuum: {} unreferenced file(s) deleted in {:.2} s",
+                    report.files(),
+                    report.seconds
+                ),
+                Err(e) => tracing::warn!("background vacuum failed (retried later): {e}"),
+            }
+        }
+    });
 }

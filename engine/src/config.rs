@@ -81,6 +81,13 @@ pub struct Config {
     pub statement_timeout: u64,
     /// Address of the HTTP endpoint serving `/metrics` and `/healthz`; empty: none.
     pub http_listen: String,
+    /// How long files that `traces` or a cube no longer references (replaced by a
+    /// compaction, staged by a load that stopped) are kept before a vacuum deletes them:
+    /// longer than any query or load runs (`"1 day"`).
+    pub vacuum_retention: String,
+    /// How often the server compacts and vacuums the warehouse in the background
+    /// (`"1 hour"`); `"off"`: never.
+    pub maintenance_interval: String,
 }
 
 /// One user of the server.
@@ -329,6 +336,8 @@ impl Default for Config {
             load_memory_mb: 1024,
             statement_timeout: 0,
             http_listen: "127.0.0.1:9187".into(),
+            vacuum_retention: "1 day".into(),
+            maintenance_interval: "1 hour".into(),
         }
     }
 }
@@ -424,6 +433,8 @@ impl Config {
                     }
                 }
                 "JOURNEY_GAP" => self.journey_gap = value,
+                "VACUUM_RETENTION" => self.vacuum_retention = value,
+                "MAINTENANCE_INTERVAL" => self.maintenance_interval = value,
                 "CUBES_ALL" if matches!(value.trim(), "off" | "none") => self.cubes.clear(),
                 _ => {
                     if let Some(channel) = name.strip_prefix("HOURLY_COST_") {
@@ -483,6 +494,8 @@ impl Config {
     /// Check values that serde cannot: the time zone name, the listen addresses, the users.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.tz()?;
+        self.vacuum_retention_seconds()?;
+        self.maintenance_interval_seconds()?;
         self.listen
             .parse::<std::net::SocketAddr>()
             .map_err(|e| ConfigError::Invalid {
@@ -577,6 +590,24 @@ impl Config {
     /// The journey gap in seconds, from `journey_gap`.
     pub fn journey_gap_seconds(&self) -> Result<i64, ConfigError> {
         parse_duration("journey_gap", &self.journey_gap)
+    }
+
+    /// `vacuum_retention` in seconds.
+    pub fn vacuum_retention_seconds(&self) -> Result<i64, ConfigError> {
+        parse_duration("vacuum_retention", &self.vacuum_retention)
+    }
+
+    /// `maintenance_interval` in seconds; `None` when off.
+    pub fn maintenance_interval_seconds(&self) -> Result<Option<i64>, ConfigError> {
+        match self
+            .maintenance_interval
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "off" | "none" | "never" => Ok(None),
+            _ => parse_duration("maintenance_interval", &self.maintenance_interval).map(Some),
+        }
     }
 
     /// The configured time zone.

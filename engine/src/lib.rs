@@ -8,6 +8,7 @@ pub mod cubes;
 pub mod demo;
 pub mod journeys;
 pub mod load;
+pub mod maintenance;
 pub mod schema;
 pub mod server;
 pub mod system;

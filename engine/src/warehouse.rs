@@ -31,6 +31,16 @@ pub enum WarehouseError {
     Session(Box<datafusion::error::DataFusionError>),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(
+        "the warehouse at {url} stores values computed with {setting} = {recorded}, but the configuration says {configured}; \
+         set {setting} = {recorded} (tracecube.toml or TRACECUBE_…) to use this warehouse: mixing both would compute the same column two ways"
+    )]
+    Settings {
+        url: String,
+        setting: String,
+        recorded: String,
+        configured: String,
+    },
 }
 
 impl WarehouseError {
@@ -122,7 +132,65 @@ impl Warehouse {
         ] {
             warehouse.create_if_missing(table).await?;
         }
+        warehouse.check_settings().await?;
         Ok(warehouse)
+    }
+
+    /// Fail when the warehouse recorded other values of the settings that shape stored
+    /// values than the configuration's.
+    async fn check_settings(&self) -> Result<(), WarehouseError> {
+        let traces = self.table(Table::Traces).await?;
+        let Ok(snapshot) = traces.snapshot() else {
+            return Ok(());
+        };
+        let recorded = snapshot.metadata().configuration();
+        let mismatch =
+            |setting: &str, recorded: String, configured: String| WarehouseError::Settings {
+                url: self.root.to_string(),
+                setting: setting.to_string(),
+                recorded,
+                configured,
+            };
+        let config = &self.config;
+        if let Some(zone) = recorded.get(TIME_ZONE_KEY) {
+            let configured = config.tz()?.name().to_string();
+            if *zone != configured {
+                return Err(mismatch(
+                    "time_zone",
+                    format!("{zone:?}"),
+                    format!("{configured:?}"),
+                ));
+            }
+        }
+        if let Some(text) = recorded.get(HOURLY_COST_KEY) {
+            let Ok(costs) = serde_json::from_str::<RecordedCosts>(text) else {
+                return Err(mismatch("hourly_cost", text.clone(), costs_text(config)));
+            };
+            if costs.default != config.default_hourly_cost {
+                return Err(mismatch(
+                    "default_hourly_cost",
+                    costs.default.to_string(),
+                    config.default_hourly_cost.to_string(),
+                ));
+            }
+            let channels: std::collections::BTreeSet<&String> = costs
+                .channels
+                .keys()
+                .chain(config.hourly_cost.keys())
+                .collect();
+            for channel in channels {
+                let (was, is) = (costs.channels.get(channel), config.hourly_cost.get(channel));
+                if was != is {
+                    let shown = |v: Option<&f64>| v.map_or("unset".to_string(), f64::to_string);
+                    return Err(mismatch(
+                        &format!("hourly_cost.{channel}"),
+                        shown(was),
+                        shown(is),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The configuration the warehouse was opened with.
@@ -188,8 +256,22 @@ impl Warehouse {
     }
 
     async fn create_if_missing(&self, table: Table) -> Result<(), WarehouseError> {
-        self.create_dir_if_missing(table.dir(), &table.schema(), table.partition_columns())
-            .await
+        let mut configuration = Vec::new();
+        if table == Table::Traces {
+            // a new table records the settings it is written with, and keeps its ledger
+            configuration = recorded_settings(&self.config)?;
+            configuration.push((
+                crate::load::ledger::LEDGER_KEY.to_string(),
+                crate::load::ledger::LedgerList::default().to_config(),
+            ));
+        }
+        self.create_table_if_missing(
+            table.dir(),
+            &table.schema(),
+            table.partition_columns(),
+            configuration,
+        )
+        .await
     }
 
     /// Create an empty Delta table of `schema` in folder `dir` unless one exists there.
@@ -198,6 +280,19 @@ impl Warehouse {
         dir: &str,
         schema: &SchemaRef,
         partition_columns: Vec<String>,
+    ) -> Result<(), WarehouseError> {
+        self.create_table_if_missing(dir, schema, partition_columns, Vec::new())
+            .await
+    }
+
+    /// Create an empty Delta table of `schema` with `configuration` in folder `dir`
+    /// unless one exists there.
+    async fn create_table_if_missing(
+        &self,
+        dir: &str,
+        schema: &SchemaRef,
+        partition_columns: Vec<String>,
+        configuration: Vec<(String, String)>,
     ) -> Result<(), WarehouseError> {
         let url = self.dir_url(dir);
         let error = self.dir_error(dir);
@@ -231,6 +326,8 @@ impl Warehouse {
             .with_table_name(name)
             .with_columns(columns)
             .with_partition_columns(partition_columns)
+            .with_configuration(configuration.into_iter().map(|(k, v)| (k, Some(v))))
+            .with_raise_if_key_not_exists(false)
             .with_save_mode(SaveMode::Ignore)
             .await
             .map_err(&error)?;
@@ -253,6 +350,36 @@ impl Warehouse {
             .map_err(|e| self.delta_error(table)(e.into()))?;
         Ok(())
     }
+}
+
+/// Key of the time zone the stored values were derived in, in the `traces` configuration.
+pub const TIME_ZONE_KEY: &str = "tracecube.time_zone";
+/// Key of the hourly costs `effort` was computed with, in the `traces` configuration.
+pub const HOURLY_COST_KEY: &str = "tracecube.hourly_cost";
+
+/// Hourly costs as recorded in the warehouse.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RecordedCosts {
+    channels: std::collections::BTreeMap<String, f64>,
+    default: f64,
+}
+
+fn costs_text(config: &Config) -> String {
+    serde_json::to_string(&RecordedCosts {
+        channels: config.hourly_cost.clone(),
+        default: config.default_hourly_cost,
+    })
+    .expect("costs serialise")
+}
+
+/// The settings that shape stored values (`day`, `hour`, `minute`, `weekday` come from
+/// the time zone; `effort` from the hourly costs), as `traces` configuration entries.
+/// (SLAs shape only cubes, which are stored under a name derived from them.)
+pub fn recorded_settings(config: &Config) -> Result<Vec<(String, String)>, WarehouseError> {
+    Ok(vec![
+        (TIME_ZONE_KEY.to_string(), config.tz()?.name().to_string()),
+        (HOURLY_COST_KEY.to_string(), costs_text(config)),
+    ])
 }
 
 /// The warehouse root as a URL ending in `/`: a URL as given, or a local path made absolute.

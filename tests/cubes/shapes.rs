@@ -8,8 +8,8 @@
 use tokio_postgres::Client;
 use tokio_postgres::types::{FromSql, ToSql, Type};
 
-use super::common::{TestServer, TestWarehouse};
 use super::{assert_same_rows, close, last_cubes, recent, rows};
+use crate::common::{TestServer, TestWarehouse};
 use tracecube_engine::load::LoadOptions;
 
 /// Whether a cube must, must not, or may answer a shape.

@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use super::common::{TestServer, TestWarehouse};
 use super::{ok, sqlstate};
+use crate::common::{TestServer, TestWarehouse};
 use tracecube_engine::Config;
 use tracecube_engine::config::{TlsConfig, UserConfig};
 use tracecube_engine::server::policy::Role;

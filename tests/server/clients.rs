@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::access::{certificate, users};
-use super::common::{TestServer, TestWarehouse, generated_channel_counts};
+use crate::common::{TestServer, TestWarehouse, generated_channel_counts};
 
 const ROWS: u64 = 3_000;
 const SEED: u64 = 11;

@@ -37,6 +37,8 @@ pub enum CubeError {
     },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("compacting traces: {0}")]
+    Traces(Box<crate::load::LoadError>),
 }
 
 /// What a refresh did to one cube.
@@ -527,20 +529,23 @@ pub struct CompactReport {
     pub cubes: Vec<CubeRefresh>,
 }
 
-/// `tracecube compact`: merge the small files of `traces` (per day) and compact every cube.
+/// `tracecube compact`: merge the small files of `traces` (per day, keeping the
+/// (channel, declaration) order) and compact every cube.
 pub async fn compact(warehouse: &Warehouse) -> Result<CompactReport, CubeError> {
     let started = Instant::now();
-    let traces = warehouse.table(Table::Traces).await?;
-    let before = traces.version().map_or(0, |v| v as i64);
-    let (traces, metrics) = traces
-        .optimize()
-        .with_writer_properties(crate::load::stored_writer_properties())
+    let merged = crate::maintenance::compact_traces(warehouse)
         .await
-        .map_err(|e| warehouse.delta_error(Table::Traces)(e))?;
-    let after = traces.version().map_or(0, |v| v as i64);
+        .map_err(|e| CubeError::Traces(Box::new(e)))?;
+    // the compaction commit changes no row: the version before it has the same rows
+    let after = merged.version_after;
+    let before = if merged.files_removed > 0 {
+        after - 1
+    } else {
+        after
+    };
     let mut report = CompactReport {
-        traces_files_removed: metrics.num_files_removed,
-        traces_files_added: metrics.num_files_added,
+        traces_files_removed: merged.files_removed,
+        traces_files_added: merged.files_added,
         traces_version: after,
         traces_seconds: started.elapsed().as_secs_f64(),
         cubes: Vec::new(),

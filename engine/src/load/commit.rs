@@ -1,6 +1,6 @@
 //! Writing a load to the warehouse: rejects, the one `traces` commit (which carries the
-//! source identities as Delta transaction ids and the load record as commit metadata), and
-//! the `tracecube.loads` row.
+//! ledger of loaded sources in the table configuration and the load record as commit
+//! metadata), and the `tracecube.loads` row.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,13 +11,13 @@ use datafusion::arrow::array::{
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Transaction};
+use deltalake::kernel::{Action, MetadataExt};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use futures::TryStreamExt;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::source::SourceFile;
+use super::ledger::{self, LedgerList};
 use super::stage::Part;
 use super::{LoadError, LoadRecord, SourceRowError};
 use crate::schema::{loads_schema, rejects_schema};
@@ -47,21 +47,6 @@ pub fn writer_properties_with_row_groups(rows: usize) -> WriterProperties {
         .build()
 }
 
-/// Whether `file` (same URL, size and ETag) was committed to `traces` by an earlier load.
-pub async fn source_already_loaded(
-    traces: &DeltaTable,
-    file: &SourceFile,
-) -> Result<bool, LoadError> {
-    let Ok(snapshot) = traces.snapshot() else {
-        return Ok(false);
-    };
-    let version = snapshot
-        .transaction_version(traces.log_store().as_ref(), file.identity())
-        .await
-        .map_err(delta_err(Table::Traces, traces.table_url().clone()))?;
-    Ok(version.is_some())
-}
-
 /// Cast string-view columns (as DataFusion reads them) to plain strings.
 fn cast_strings(batch: &RecordBatch) -> Result<RecordBatch, LoadError> {
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -85,42 +70,67 @@ fn cast_strings(batch: &RecordBatch) -> Result<RecordBatch, LoadError> {
     )?)
 }
 
-/// Commit the staged files of a load in one commit that also records the sources as
-/// loaded. Returns the new `traces` version.
+/// How a commit of a load ended.
+pub enum Committed {
+    /// The new `traces` version.
+    Version(i64),
+    /// Another commit came first: the load must check its rows and sources again.
+    Conflict,
+}
+
+/// Commit the staged files of a load in one commit that also records the sources in the
+/// ledger (`ledger`, the list naming the ledger file of this load) and the settings that
+/// shaped the stored values. Fails with [`Committed::Conflict`] when `traces` moved past
+/// the snapshot of `traces` (no automatic retry: the caller re-checks and retries).
 pub async fn commit_traces(
     warehouse: &Warehouse,
-    traces: DeltaTable,
+    traces: &DeltaTable,
     parts: &[(i32, Part)],
-    sources: &[SourceFile],
-    record: &mut LoadRecord,
-) -> Result<i64, LoadError> {
-    let metadata = serde_json::to_value(&*record).expect("load record serialises");
+    ledger: &LedgerList,
+    record: &LoadRecord,
+) -> Result<Committed, LoadError> {
+    let error = delta_err(Table::Traces, warehouse.table_url(Table::Traces));
+    let record = serde_json::to_value(record).expect("load record serialises");
     let commit = CommitProperties::default()
-        .with_metadata([(LOAD_METADATA_KEY.to_string(), metadata)])
-        .with_application_transactions(
-            sources
-                .iter()
-                .map(|s| Transaction::new(s.identity(), 1))
-                .collect(),
-        );
-    let snapshot = traces
-        .snapshot()
-        .map_err(delta_err(Table::Traces, warehouse.table_url(Table::Traces)))?;
+        .with_metadata([(LOAD_METADATA_KEY.to_string(), record)])
+        .with_max_retries(0);
+    let snapshot = traces.snapshot().map_err(&error)?;
+    let mut metadata = ledger::with_list(snapshot.metadata().clone(), ledger)?;
+    for (key, value) in crate::warehouse::recorded_settings(warehouse.config())? {
+        metadata = metadata
+            .add_config_key(key, value)
+            .map_err(|e| error(e.into()))?;
+    }
     let operation = DeltaOperation::Write {
         mode: SaveMode::Append,
         partition_by: Some(vec!["day".to_string()]),
         predicate: None,
     };
-    let actions = parts
-        .iter()
-        .map(|(_, part)| Action::Add(part.add.clone()))
-        .collect();
+    let mut actions = vec![Action::Metadata(metadata)];
+    actions.extend(parts.iter().map(|(_, part)| Action::Add(part.add.clone())));
     let done = CommitBuilder::from(commit)
         .with_actions(actions)
         .build(Some(snapshot), traces.log_store(), operation)
-        .await
-        .map_err(delta_err(Table::Traces, warehouse.table_url(Table::Traces)))?;
-    Ok(done.version() as i64)
+        .await;
+    match done {
+        Ok(done) => Ok(Committed::Version(done.version() as i64)),
+        Err(e) if is_conflict(&e) => Ok(Committed::Conflict),
+        Err(e) => Err(error(e)),
+    }
+}
+
+/// Whether a commit failed because another commit took its version.
+pub fn is_conflict(e: &deltalake::DeltaTableError) -> bool {
+    use deltalake::kernel::transaction::TransactionError;
+    matches!(
+        e,
+        deltalake::DeltaTableError::VersionAlreadyExists(_)
+            | deltalake::DeltaTableError::Transaction {
+                source: TransactionError::MaxCommitAttempts(_)
+                    | TransactionError::VersionAlreadyExists(_)
+                    | TransactionError::CommitConflict(_)
+            }
+    )
 }
 
 /// Store rejected rows in `rejects`, tagged with the load id.
@@ -158,6 +168,21 @@ pub async fn write_rejects(
     table
         .write(vec![batch])
         .with_save_mode(SaveMode::Append)
+        .await
+        .map_err(delta_err(
+            Table::Rejects,
+            warehouse.table_url(Table::Rejects),
+        ))?;
+    Ok(())
+}
+
+/// Remove the rejected rows a load stored (a load that starts again).
+pub async fn remove_rejects(warehouse: &Warehouse, load_id: &str) -> Result<(), LoadError> {
+    let table = warehouse.table(Table::Rejects).await?;
+    let predicate = datafusion::prelude::col("load_id").eq(datafusion::prelude::lit(load_id));
+    table
+        .delete()
+        .with_predicate(predicate)
         .await
         .map_err(delta_err(
             Table::Rejects,

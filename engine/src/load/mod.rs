@@ -4,10 +4,12 @@
 
 mod commit;
 pub mod derive;
+pub mod ledger;
 pub mod source;
 pub mod stage;
 pub mod validate;
 
+pub use commit::is_conflict;
 pub use commit::writer_properties as stored_writer_properties;
 pub use commit::writer_properties_with_row_groups;
 
@@ -111,6 +113,22 @@ pub enum LoadError {
     Query(#[from] datafusion::error::DataFusionError),
     #[error("cannot stage the load's rows in the warehouse: {0}")]
     Staging(String),
+    #[error(
+        "other commits to traces kept coming while this load committed ({attempts} attempts); nothing was written: run the load again"
+    )]
+    Contended { attempts: usize },
+}
+
+/// How often a load checks its rows again after another commit took its turn, and how
+/// often it starts again when another load committed some of its sources.
+const MAX_COMMIT_ATTEMPTS: usize = 20;
+const MAX_RESTARTS: usize = 3;
+
+/// How one attempt of a load ended.
+enum Run {
+    Done(LoadRecord),
+    /// A concurrent load committed some of the sources: start again (they are skipped).
+    Again,
 }
 
 fn listed(errors: &[SourceRowError], count: u64) -> String {
@@ -225,7 +243,21 @@ impl<'a> Loader<'a> {
         let started_at = now_micros();
         let load_id = uuid::Uuid::now_v7().to_string();
         commit::reconcile_loads(self.warehouse, &self.ctx).await?;
-        let result = self.run(&load_id, started_at, urls, options).await;
+        let mut result = self.run(&load_id, started_at, urls, options).await;
+        for _ in 1..MAX_RESTARTS {
+            if !matches!(result, Ok(Run::Again)) {
+                break;
+            }
+            tracing::info!("a concurrent load committed some of the same sources: loading again");
+            result = self.run(&load_id, started_at, urls, options).await;
+        }
+        let result = match result {
+            Ok(Run::Done(record)) => Ok(record),
+            Ok(Run::Again) => Err(LoadError::Contended {
+                attempts: MAX_RESTARTS,
+            }),
+            Err(e) => Err(e),
+        };
         if let Err(e) = &result {
             let mut record = LoadRecord::new(&load_id, started_at, "failed", urls.to_vec());
             record.finished_at = now_micros();
@@ -246,16 +278,17 @@ impl<'a> Loader<'a> {
         started_at: i64,
         urls: &[String],
         options: &LoadOptions,
-    ) -> Result<LoadRecord, LoadError> {
+    ) -> Result<Run, LoadError> {
         let files = source::resolve(&self.ctx, urls, options.format).await?;
-        let traces = self
+        let mut traces = self
             .warehouse
             .table(crate::warehouse::Table::Traces)
             .await?;
+        let mut ledger = ledger::Ledger::read(&traces).await?;
         let mut fresh = Vec::new();
         let mut skipped = 0u64;
         for f in files {
-            if commit::source_already_loaded(&traces, &f).await? {
+            if ledger.contains(&traces, &f).await? {
                 tracing::info!(
                     "{} was already loaded (same URL, size and ETag): skipped",
                     f.url
@@ -274,7 +307,7 @@ impl<'a> Loader<'a> {
         if fresh.is_empty() {
             record.finished_at = now_micros();
             commit::record_load(self.warehouse, &record).await?;
-            return Ok(record);
+            return Ok(Run::Done(record));
         }
 
         let bar = progress_bar(options.progress, record.bytes);
@@ -316,40 +349,87 @@ impl<'a> Loader<'a> {
             started.elapsed()
         );
         bar.set_message("checking for contacts already stored");
-        let stored = stage::stored_files(&traces)?;
-        let settled = stage::settle(&target, &mut staged, &stored).await;
-        let dropped = match settled {
-            Ok(dropped) => dropped,
-            Err(e) => {
-                stage::remove(&target, &staged).await;
-                return Err(e);
-            }
-        };
-        record.rows_duplicate = staged.repeats + dropped;
-        tracing::debug!("duplicate check done at {:?}", started.elapsed());
-        record.rows_loaded = staged.days.values().flatten().map(|p| p.rows).sum();
-        record.status = "committed".into();
-        bar.set_message(format!("committing {} rows", record.rows_loaded));
         if !rejected.is_empty() {
+            // stored before the rows they were rejected from, so that none is lost
             commit::write_rejects(self.warehouse, load_id, &rejected).await?;
         }
-        let before = traces.version().map_or(0, |v| v as i64);
-        let before_was_empty = traces
-            .snapshot()
-            .map_or(true, |s| s.log_data().num_files() == 0);
-        let parts: Vec<(i32, stage::Part)> = staged
-            .days
-            .iter()
-            .flat_map(|(day, parts)| parts.iter().map(|p| (*day, p.clone())))
-            .collect();
-        let committed =
-            commit::commit_traces(self.warehouse, traces, &parts, &fresh, &mut record).await;
-        let version = match committed {
-            Ok(version) => version,
-            Err(e) => {
-                stage::remove(&target, &staged).await;
-                return Err(e);
+        let mut stored = stage::stored_files(&traces)?;
+        let mut checked = stage::StoredFiles::new();
+        let mut dropped = 0;
+        let mut attempts = 0;
+        let version = loop {
+            // the staged days made exact against the files stored that were not checked yet
+            match stage::settle(&target, &mut staged, &stored).await {
+                Ok(n) => dropped += n,
+                Err(e) => {
+                    stage::remove(&target, &staged).await;
+                    return Err(e);
+                }
             }
+            tracing::debug!("duplicate check done at {:?}", started.elapsed());
+            record.rows_duplicate = staged.repeats + dropped;
+            record.rows_loaded = staged.days.values().flatten().map(|p| p.rows).sum();
+            record.status = "committed".into();
+            bar.set_message(format!("committing {} rows", record.rows_loaded));
+            let parts = staged.parts();
+            let committed = match ledger.append(&traces.object_store(), load_id, &fresh).await {
+                Ok(list) => {
+                    let committed =
+                        commit::commit_traces(self.warehouse, &traces, &parts, &list, &record)
+                            .await;
+                    if !matches!(committed, Ok(commit::Committed::Version(_))) {
+                        ledger::remove_file(&traces.object_store(), list.files.last()).await;
+                    }
+                    committed
+                }
+                Err(e) => Err(e),
+            };
+            match committed {
+                Ok(commit::Committed::Version(version)) => break version,
+                Ok(commit::Committed::Conflict) if attempts + 1 < MAX_COMMIT_ATTEMPTS => {
+                    attempts += 1;
+                }
+                Ok(commit::Committed::Conflict) => {
+                    stage::remove(&target, &staged).await;
+                    return Err(LoadError::Contended {
+                        attempts: MAX_COMMIT_ATTEMPTS,
+                    });
+                }
+                Err(e) => {
+                    stage::remove(&target, &staged).await;
+                    return Err(e);
+                }
+            }
+            // another commit came first: check against what it changed
+            tracing::info!("traces changed while this load committed: checking again");
+            let latest = self.warehouse.table(crate::warehouse::Table::Traces).await;
+            let reread = match latest {
+                Ok(latest) => ledger::Ledger::read(&latest).await.map(|l| (latest, l)),
+                Err(e) => Err(e.into()),
+            };
+            let (latest, latest_ledger) = match reread {
+                Ok(read) => read,
+                Err(e) => {
+                    stage::remove(&target, &staged).await;
+                    return Err(e);
+                }
+            };
+            for f in &fresh {
+                if latest_ledger.contains(&latest, f).await? {
+                    stage::remove(&target, &staged).await;
+                    if !rejected.is_empty() {
+                        commit::remove_rejects(self.warehouse, load_id).await?;
+                    }
+                    bar.finish_and_clear();
+                    return Ok(Run::Again);
+                }
+            }
+            // only the files added since are checked on the next turn
+            let now = stage::stored_files(&latest)?;
+            checked = stage::merge_files(checked, &stored);
+            stored = stage::files_not_in(&now, &checked);
+            traces = latest;
+            ledger = latest_ledger;
         };
         record.traces_version = Some(version);
         tracing::debug!(
@@ -357,14 +437,18 @@ impl<'a> Loader<'a> {
             started.elapsed()
         );
         bar.set_message("refreshing cubes");
+        let parts = staged.parts();
         let new_rows = stage::parts_table(&target, &parts);
-        self.refresh_cubes(new_rows, before, before_was_empty, version)
+        let was_empty = traces
+            .snapshot()
+            .map_or(true, |s| s.log_data().num_files() == 0);
+        self.refresh_cubes(new_rows, version - 1, was_empty, version)
             .await;
         tracing::debug!("cubes refreshed at {:?}", started.elapsed());
         record.finished_at = now_micros();
         commit::record_load(self.warehouse, &record).await?;
         bar.finish_and_clear();
-        Ok(record)
+        Ok(Run::Done(record))
     }
 
     /// Read, validate and derive every source, staging the good rows; bad rows are

@@ -59,15 +59,6 @@ impl Target {
         })
     }
 
-    /// Write `rows` (one day's, in order) without repeated contacts, sorted: the file and
-    /// how many rows were repeats.
-    async fn write(&self, rows: RecordBatch) -> Result<(Vec<Part>, u64), LoadError> {
-        let (sorted, repeats) = tokio::task::spawn_blocking(move || distinct_sorted(&rows, None))
-            .await
-            .map_err(|e| LoadError::Staging(e.to_string()))??;
-        Ok((self.write_sorted(sorted).await?, repeats))
-    }
-
     async fn write_sorted(&self, rows: RecordBatch) -> Result<Vec<Part>, LoadError> {
         if rows.num_rows() == 0 {
             return Ok(Vec::new());
@@ -157,8 +148,24 @@ impl Target {
         Ok(ids)
     }
 
+    /// The rows of the stored files `files` of `day`, sorted by (channel, declaration),
+    /// written as new files (not committed).
+    pub async fn merge(&self, day: i32, files: &[(String, u64)]) -> Result<Vec<Part>, LoadError> {
+        let mut rows = Vec::with_capacity(files.len());
+        for (path, size) in files {
+            rows.push(self.read(path, *size, day).await?);
+        }
+        let all = concat_batches(&traces_schema(), &rows)?;
+        drop(rows);
+        let sorted =
+            tokio::task::spawn_blocking(move || take_record_batch(&all, &sort_order(&all)))
+                .await
+                .map_err(|e| LoadError::Staging(e.to_string()))??;
+        self.write_sorted(sorted).await
+    }
+
     /// Remove a staged file no commit will reference.
-    async fn remove(&self, path: &str) {
+    pub async fn remove(&self, path: &str) {
         if let Ok(location) = Path::parse(path)
             && let Err(e) =
                 object_store::ObjectStoreExt::delete(self.store.as_ref(), &location).await
@@ -268,29 +275,32 @@ struct Buffer {
     touched: u64,
 }
 
-/// What staging found: each day's parts in the order they were written, and how many
-/// rows repeated a contact of the same day.
+/// What staging found: each day's staged files, and how many rows repeated a contact of
+/// the same day.
 #[derive(Debug, Default)]
 pub struct Staged {
     pub days: BTreeMap<i32, Vec<Part>>,
     pub repeats: u64,
 }
 
-/// One write-out: the day, the order of the write, its parts and the repeats dropped.
-type Written = (i32, u64, Vec<Part>, u64);
-
-/// Gathers a load's rows per day and writes them out within a memory budget.
+/// Gathers a load's rows per day within a memory budget, then writes each day once as
+/// sorted Parquet files of `traces`. Past the budget, the days written to least
+/// recently (in chronological exports: the days already complete) are spilled to Arrow
+/// IPC files (LZ4) in a local temporary folder, cheap to write and read back, until half
+/// the budget is free; each day is assembled from its spills when staging finishes.
 pub struct Stager {
     target: Target,
     budget: usize,
     buffered: usize,
     clock: u64,
     days: HashMap<i32, Buffer>,
-    /// Files being written: (day, order of the write) → parts and repeats.
-    writes: JoinSet<Result<Written, LoadError>>,
-    written: u64,
-    done: BTreeMap<i32, Vec<(u64, Vec<Part>)>>,
-    repeats: u64,
+    /// Local folder of the spill files (removed with the stager).
+    spill_dir: Option<tempfile::TempDir>,
+    spilled: HashMap<i32, Vec<std::path::PathBuf>>,
+    spills: JoinSet<Result<(), LoadError>>,
+    spill_count: u64,
+    /// Files written by `finish` so far (removed when staging fails).
+    written: Vec<Part>,
 }
 
 impl Stager {
@@ -302,10 +312,11 @@ impl Stager {
             buffered: 0,
             clock: 0,
             days: HashMap::new(),
-            writes: JoinSet::new(),
-            written: 0,
-            done: BTreeMap::new(),
-            repeats: 0,
+            spill_dir: None,
+            spilled: HashMap::new(),
+            spills: JoinSet::new(),
+            spill_count: 0,
+            written: Vec::new(),
         }
     }
 
@@ -324,96 +335,160 @@ impl Stager {
             buffer.touched = self.clock;
             self.buffered += bytes;
         }
-        while self.buffered > self.budget {
-            let Some(day) = self
+        if self.buffered > self.budget {
+            let mut order: Vec<(u64, std::cmp::Reverse<usize>, i32)> = self
                 .days
                 .iter()
-                .min_by_key(|(_, b)| (b.touched, std::cmp::Reverse(b.bytes)))
-                .map(|(day, _)| *day)
-            else {
-                break;
-            };
-            self.write_out(day).await?;
+                .map(|(day, b)| (b.touched, std::cmp::Reverse(b.bytes), *day))
+                .collect();
+            order.sort_unstable();
+            for (_, _, day) in order {
+                if self.buffered <= self.budget / 2 {
+                    break;
+                }
+                self.spill(day).await?;
+            }
         }
         Ok(())
     }
 
-    /// Write out the buffered rows of `day`.
-    async fn write_out(&mut self, day: i32) -> Result<(), LoadError> {
+    /// Spill the buffered rows of `day` to a local Arrow IPC file.
+    async fn spill(&mut self, day: i32) -> Result<(), LoadError> {
         let Some(buffer) = self.days.remove(&day) else {
             return Ok(());
         };
         self.buffered -= buffer.bytes;
-        while self.writes.len() >= WRITERS {
-            self.collect_one().await?;
-        }
-        let rows = concat_batches(&traces_schema(), &buffer.batches)?;
-        drop(buffer);
-        let target = self.target.clone();
-        let order = self.written;
-        self.written += 1;
-        self.writes.spawn(async move {
-            let (parts, repeats) = target.write(rows).await?;
-            Ok((day, order, parts, repeats))
-        });
-        Ok(())
-    }
-
-    async fn collect_one(&mut self) -> Result<(), LoadError> {
-        if let Some(joined) = self.writes.join_next().await {
-            let (day, order, parts, repeats) =
+        while self.spills.len() >= WRITERS {
+            if let Some(joined) = self.spills.join_next().await {
                 joined.map_err(|e| LoadError::Staging(e.to_string()))??;
-            self.done.entry(day).or_default().push((order, parts));
-            self.repeats += repeats;
+            }
         }
+        if self.spill_dir.is_none() {
+            self.spill_dir = Some(
+                tempfile::Builder::new()
+                    .prefix("tracecube-load-")
+                    .tempdir()
+                    .map_err(|e| {
+                        LoadError::Staging(format!("cannot create a spill folder: {e}"))
+                    })?,
+            );
+        }
+        let dir = self.spill_dir.as_ref().expect("created above").path();
+        let path = dir.join(format!("{day}-{}.arrow", self.spill_count));
+        self.spill_count += 1;
+        self.spilled.entry(day).or_default().push(path.clone());
+        self.spills
+            .spawn_blocking(move || write_spill(&path, &buffer.batches));
         Ok(())
     }
 
-    /// Write out every buffered row: what was staged. On error, the files written so far
-    /// are removed.
+    /// Write every day once, from its spills and buffered rows, as sorted Parquet files
+    /// without repeated contacts: what was staged. On error, the files written so far are
+    /// removed.
     pub async fn finish(mut self) -> Result<Staged, LoadError> {
-        let result = self.finish_writes().await;
+        let result = self.finish_days().await;
         if result.is_err() {
             self.abandon().await;
         }
-        result?;
-        let mut staged = Staged {
-            days: BTreeMap::new(),
-            repeats: self.repeats,
-        };
-        for (day, mut parts) in std::mem::take(&mut self.done) {
-            parts.sort_by_key(|(order, _)| *order);
-            staged
-                .days
-                .insert(day, parts.into_iter().flat_map(|(_, p)| p).collect());
+        result
+    }
+
+    async fn finish_days(&mut self) -> Result<Staged, LoadError> {
+        while let Some(joined) = self.spills.join_next().await {
+            joined.map_err(|e| LoadError::Staging(e.to_string()))??;
+        }
+        let mut days: Vec<i32> = self
+            .days
+            .keys()
+            .chain(self.spilled.keys())
+            .copied()
+            .collect();
+        days.sort_unstable();
+        days.dedup();
+        let mut work = Vec::with_capacity(days.len());
+        for day in days {
+            let buffered = self.days.remove(&day).map_or_else(Vec::new, |b| b.batches);
+            let spilled = self.spilled.remove(&day).unwrap_or_default();
+            work.push((day, buffered, spilled));
+        }
+        let target = self.target.clone();
+        let mut written = futures::stream::iter(work)
+            .map(|(day, buffered, spilled)| {
+                let target = target.clone();
+                async move {
+                    let rows = tokio::task::spawn_blocking(move || {
+                        let mut batches = Vec::new();
+                        for path in &spilled {
+                            batches.extend(read_spill(path)?);
+                            let _ = std::fs::remove_file(path);
+                        }
+                        batches.extend(buffered);
+                        let rows = concat_batches(&traces_schema(), &batches)?;
+                        drop(batches);
+                        distinct_sorted(&rows, None)
+                    })
+                    .await
+                    .map_err(|e| LoadError::Staging(e.to_string()))??;
+                    let (sorted, repeats) = rows;
+                    let parts = target.write_sorted(sorted).await?;
+                    Ok::<_, LoadError>((day, parts, repeats))
+                }
+            })
+            .buffer_unordered(WRITERS);
+        let mut staged = Staged::default();
+        while let Some(done) = written.next().await {
+            let (day, parts, repeats) = done?;
+            self.written.extend(parts.iter().cloned());
+            staged.repeats += repeats;
+            if !parts.is_empty() {
+                staged.days.insert(day, parts);
+            }
         }
         Ok(staged)
     }
 
-    async fn finish_writes(&mut self) -> Result<(), LoadError> {
-        let mut days: Vec<(u64, i32)> = self.days.iter().map(|(d, b)| (b.touched, *d)).collect();
-        days.sort_unstable();
-        for (_, day) in days {
-            self.write_out(day).await?;
-        }
-        while !self.writes.is_empty() {
-            self.collect_one().await?;
-        }
-        Ok(())
-    }
-
     /// Stop: remove what was staged.
     pub async fn abandon(&mut self) {
-        self.writes.abort_all();
-        while self.writes.join_next().await.is_some() {}
-        for parts in std::mem::take(&mut self.done).into_values() {
-            for (_, parts) in parts {
-                for part in parts {
-                    self.target.remove(&part.add.path).await;
-                }
-            }
+        self.spills.abort_all();
+        while self.spills.join_next().await.is_some() {}
+        for part in std::mem::take(&mut self.written) {
+            self.target.remove(&part.add.path).await;
         }
+        self.spill_dir = None;
     }
+}
+
+fn spill_error(path: &std::path::Path, e: impl std::fmt::Display) -> LoadError {
+    LoadError::Staging(format!("spill file {}: {e}", path.display()))
+}
+
+/// Write `batches` to an LZ4-compressed Arrow IPC file at `path`.
+fn write_spill(path: &std::path::Path, batches: &[RecordBatch]) -> Result<(), LoadError> {
+    use datafusion::arrow::ipc::CompressionType;
+    use datafusion::arrow::ipc::writer::{FileWriter, IpcWriteOptions};
+    let file = std::fs::File::create(path).map_err(|e| spill_error(path, e))?;
+    let options = IpcWriteOptions::default()
+        .try_with_compression(Some(CompressionType::LZ4_FRAME))
+        .map_err(|e| spill_error(path, e))?;
+    let mut writer =
+        FileWriter::try_new_with_options(std::io::BufWriter::new(file), &traces_schema(), options)
+            .map_err(|e| spill_error(path, e))?;
+    for batch in batches {
+        writer.write(batch).map_err(|e| spill_error(path, e))?;
+    }
+    writer.finish().map_err(|e| spill_error(path, e))?;
+    Ok(())
+}
+
+/// The batches of the spill file at `path`.
+fn read_spill(path: &std::path::Path) -> Result<Vec<RecordBatch>, LoadError> {
+    use datafusion::arrow::ipc::reader::FileReader;
+    let file = std::fs::File::open(path).map_err(|e| spill_error(path, e))?;
+    let reader = FileReader::try_new(std::io::BufReader::new(file), None)
+        .map_err(|e| spill_error(path, e))?;
+    reader
+        .map(|b| b.map_err(|e| spill_error(path, e)))
+        .collect()
 }
 
 /// The rows of `batch` per day, each in their order.
@@ -466,6 +541,32 @@ pub fn stored_files(traces: &DeltaTable) -> Result<StoredFiles, LoadError> {
     Ok(files)
 }
 
+/// The files of `all` that are not in `seen`.
+pub fn files_not_in(all: &StoredFiles, seen: &StoredFiles) -> StoredFiles {
+    all.iter()
+        .filter_map(|(day, files)| {
+            let known: HashSet<&str> = seen
+                .get(day)
+                .map(|f| f.iter().map(|(p, _)| p.as_str()).collect())
+                .unwrap_or_default();
+            let new: StoredDay = files
+                .iter()
+                .filter(|(p, _)| !known.contains(p.as_str()))
+                .cloned()
+                .collect();
+            (!new.is_empty()).then_some((*day, new))
+        })
+        .collect()
+}
+
+/// `a` with the files of `b` added.
+pub fn merge_files(mut a: StoredFiles, b: &StoredFiles) -> StoredFiles {
+    for (day, files) in b {
+        a.entry(*day).or_default().extend(files.iter().cloned());
+    }
+    a
+}
+
 /// Make each staged day exact against `stored` (files of `traces` not checked yet): a day
 /// staged in several parts is merged into one file, and rows whose contact is stored for
 /// the same day are dropped (the part rewritten). Returns how many rows were dropped;
@@ -480,7 +581,7 @@ pub async fn settle(
         .iter()
         .filter_map(|(day, parts)| {
             let files = stored.get(day).cloned().unwrap_or_default();
-            (parts.len() > 1 || !files.is_empty()).then(|| (*day, parts.clone(), files))
+            (!files.is_empty()).then(|| (*day, parts.clone(), files))
         })
         .collect();
     let results: Vec<(i32, Vec<Part>, u64)> = futures::stream::iter(work)
@@ -503,7 +604,9 @@ pub async fn settle(
     Ok(dropped)
 }
 
-/// One day of [`settle`]: its parts afterwards and the rows dropped.
+/// One day of [`settle`]: its parts afterwards and the rows dropped. The parts of a day
+/// hold no contact twice (each day is written once); a part holding contacts stored
+/// before is written again without them (a filter keeps its order).
 async fn settle_day(
     target: &Target,
     day: i32,
@@ -514,34 +617,32 @@ async fn settle_day(
     for (path, size) in stored {
         known.extend(target.contact_ids(path, *size).await?);
     }
-    if parts.len() == 1 {
-        let ids = target
-            .contact_ids(&parts[0].add.path, parts[0].add.size.max(0) as u64)
-            .await?;
+    let mut settled = Vec::with_capacity(parts.len());
+    let mut dropped = 0;
+    for part in parts {
+        let size = part.add.size.max(0) as u64;
+        let ids = target.contact_ids(&part.add.path, size).await?;
         if !ids.iter().any(|id| known.contains(id)) {
-            return Ok((parts.to_vec(), 0));
+            settled.push(part.clone());
+            continue;
         }
-    }
-    let mut rows = Vec::with_capacity(parts.len());
-    for part in parts {
-        rows.push(
-            target
-                .read(&part.add.path, part.add.size.max(0) as u64, day)
-                .await?,
-        );
-    }
-    let schema: SchemaRef = traces_schema();
-    let all = concat_batches(&schema, &rows)?;
-    drop(rows);
-    let (sorted, dropped) =
-        tokio::task::spawn_blocking(move || distinct_sorted(&all, Some(&known)))
-            .await
-            .map_err(|e| LoadError::Staging(e.to_string()))??;
-    let settled = target.write_sorted(sorted).await?;
-    for part in parts {
+        let rows = target.read(&part.add.path, size, day).await?;
+        let (kept, n) = distinct_sorted(&rows, Some(&known))?;
+        dropped += n;
+        settled.extend(target.write_sorted(kept).await?);
         target.remove(&part.add.path).await;
     }
     Ok((settled, dropped))
+}
+
+impl Staged {
+    /// Every staged file with its day.
+    pub fn parts(&self) -> Vec<(i32, Part)> {
+        self.days
+            .iter()
+            .flat_map(|(day, parts)| parts.iter().map(|p| (*day, p.clone())))
+            .collect()
+    }
 }
 
 /// Remove every staged file of `staged` (a load that will not commit them).

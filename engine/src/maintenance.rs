@@ -1,0 +1,292 @@
+//! Housekeeping of the warehouse: compaction of `traces` (each day's small files merged
+//! into files sorted by (channel, declaration), as loads write them) and vacuum (files
+//! that no current snapshot references, deleted once a retention has passed), run by
+//! `tracecube compact` / `tracecube vacuum` and by the server in the background.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use deltalake::DeltaTable;
+use deltalake::kernel::Action;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::operations::vacuum::VacuumMode;
+use deltalake::protocol::DeltaOperation;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+
+use crate::load::LoadError;
+use crate::load::ledger::{LEDGER_DIR, Ledger};
+use crate::load::stage::{self, Part, Target};
+use crate::warehouse::{Table, Warehouse, WarehouseError};
+
+/// Compressed bytes of stored files merged into one by a compaction.
+const MERGED_BYTES: u64 = 256 << 20;
+
+/// How many times a compaction commits again after another commit came first.
+const COMMIT_ATTEMPTS: usize = 5;
+
+/// What a compaction of `traces` did.
+#[derive(Debug, Clone, Default)]
+pub struct TracesCompaction {
+    pub files_removed: u64,
+    pub files_added: u64,
+    /// The version before and after (equal when nothing was merged).
+    pub version_before: i64,
+    pub version_after: i64,
+}
+
+fn delta(traces: &DeltaTable) -> impl Fn(deltalake::DeltaTableError) -> LoadError + '_ {
+    move |e| LoadError::Warehouse(WarehouseError::delta(Table::Traces, traces.table_url(), e))
+}
+
+/// Merge the files of each day of `traces` (groups of up to [`MERGED_BYTES`]) into files
+/// sorted by (channel, declaration), in one commit that changes no row. A concurrent
+/// load is never lost: the commit only removes files that are still current, and a load
+/// committing after it checks its rows against the merged files.
+pub async fn compact_traces(warehouse: &Warehouse) -> Result<TracesCompaction, LoadError> {
+    let mut traces = warehouse.table(Table::Traces).await?;
+    let before = traces.version().map_or(0, |v| v as i64);
+    let mut report = TracesCompaction {
+        version_before: before,
+        version_after: before,
+        ..Default::default()
+    };
+    let stored = stage::stored_files(&traces)?;
+    let mut groups: Vec<(i32, Vec<(String, u64)>)> = Vec::new();
+    for (day, files) in stored {
+        let mut group: Vec<(String, u64)> = Vec::new();
+        let mut bytes = 0;
+        let mut sorted = files;
+        sorted.sort_by_key(|(_, size)| *size);
+        for (path, size) in sorted {
+            if bytes + size > MERGED_BYTES && !group.is_empty() {
+                groups.push((day, std::mem::take(&mut group)));
+                bytes = 0;
+            }
+            bytes += size;
+            group.push((path, size));
+        }
+        groups.push((day, group));
+    }
+    groups.retain(|(_, g)| g.len() > 1);
+    groups.sort_by_key(|(day, _)| *day);
+    if groups.is_empty() {
+        return Ok(report);
+    }
+    let target = Target::of(&traces)?;
+    let merged: Vec<(i32, Vec<(String, u64)>, Vec<Part>)> = futures::stream::iter(groups)
+        .map(|(day, files)| {
+            let target = target.clone();
+            async move {
+                let parts = target.merge(day, &files).await?;
+                Ok::<_, LoadError>((day, files, parts))
+            }
+        })
+        .buffer_unordered(2)
+        .try_collect()
+        .await?;
+    let removed: HashSet<String> = merged
+        .iter()
+        .flat_map(|(_, files, _)| files.iter().map(|(p, _)| p.clone()))
+        .collect();
+    let added: Vec<Part> = merged.iter().flat_map(|(_, _, p)| p.clone()).collect();
+    let mut attempts = 0;
+    let version = loop {
+        let committed = commit_merge(&traces, &removed, &added).await;
+        match committed {
+            Ok(Some(version)) => break version,
+            Ok(None) if attempts + 1 < COMMIT_ATTEMPTS => attempts += 1,
+            outcome => {
+                for part in &added {
+                    target.remove(&part.add.path).await;
+                }
+                outcome?;
+                return Err(LoadError::Contended {
+                    attempts: COMMIT_ATTEMPTS,
+                });
+            }
+        }
+        traces = warehouse.table(Table::Traces).await?;
+    };
+    report.files_removed = removed.len() as u64;
+    report.files_added = added.len() as u64;
+    report.version_after = version;
+    Ok(report)
+}
+
+/// Commit the merge at the snapshot of `traces`: `Some(version)`, or `None` when another
+/// commit came first (retry on a newer snapshot). Fails when a merged file is no longer
+/// current (another compaction took it).
+async fn commit_merge(
+    traces: &DeltaTable,
+    removed: &HashSet<String>,
+    added: &[Part],
+) -> Result<Option<i64>, LoadError> {
+    let snapshot = traces.snapshot().map_err(delta(traces))?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut actions: Vec<Action> = Vec::new();
+    for file in snapshot.log_data().iter() {
+        if removed.contains(file.path().as_ref()) {
+            let mut remove = file.remove_action(false);
+            remove.deletion_timestamp = Some(now);
+            actions.push(Action::Remove(remove));
+        }
+    }
+    if actions.len() != removed.len() {
+        return Err(LoadError::Staging(
+            "another compaction merged some of the same files first; nothing was changed".into(),
+        ));
+    }
+    actions.extend(added.iter().map(|p| {
+        let mut add = p.add.clone();
+        add.data_change = false;
+        Action::Add(add)
+    }));
+    let operation = DeltaOperation::Optimize {
+        predicate: None,
+        target_size: MERGED_BYTES as i64,
+    };
+    let done = CommitBuilder::from(CommitProperties::default().with_max_retries(0))
+        .with_actions(actions)
+        .build(Some(snapshot), traces.log_store(), operation)
+        .await;
+    match done {
+        Ok(done) => Ok(Some(done.version() as i64)),
+        Err(e) if crate::load::is_conflict(&e) => Ok(None),
+        Err(e) => Err(delta(traces)(e)),
+    }
+}
+
+/// What a vacuum removed.
+#[derive(Debug, Clone, Default)]
+pub struct VacuumReport {
+    /// Per table folder: files deleted.
+    pub tables: Vec<(String, u64)>,
+    pub seconds: f64,
+}
+
+impl VacuumReport {
+    /// Files deleted in all.
+    pub fn files(&self) -> u64 {
+        self.tables.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Delete the files of every warehouse table that its latest snapshot does not
+/// reference and that were replaced (or written without being committed, by a load
+/// that stopped) more than `retention` ago: data files replaced by compactions and
+/// rewrites, staged files of failed or killed loads, ledger files no longer listed.
+/// A query or load started less than `retention` ago still finds every file it may
+/// read. No commit is written: table versions do not move.
+pub async fn vacuum(warehouse: &Warehouse, retention: Duration) -> Result<VacuumReport, LoadError> {
+    let started = Instant::now();
+    let mut dirs: Vec<String> = [
+        Table::Traces,
+        Table::Rejects,
+        Table::Loads,
+        Table::ImpactWeights,
+    ]
+    .iter()
+    .map(|t| t.dir().to_string())
+    .collect();
+    let slas = &warehouse.config().sla_seconds;
+    for def in crate::cubes::CubeDef::all(&warehouse.config().cubes)
+        .map_err(|e| LoadError::Warehouse(e.into()))?
+    {
+        dirs.push(def.dir(slas));
+    }
+    let mut report = VacuumReport::default();
+    for dir in dirs {
+        let table = match warehouse.open_dir(&dir).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!("vacuum: skipping {dir}: {e}");
+                continue;
+            }
+        };
+        let mut deleted = vacuum_table(&table, retention, &dir).await?;
+        if dir == Table::Traces.dir() {
+            deleted += vacuum_ledger(&table, retention).await?;
+        }
+        report.tables.push((dir, deleted));
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn vacuum_table(
+    table: &DeltaTable,
+    retention: Duration,
+    dir: &str,
+) -> Result<u64, LoadError> {
+    let error = |e: deltalake::DeltaTableError| {
+        LoadError::Warehouse(WarehouseError::Delta {
+            table: dir.to_string(),
+            url: table.table_url().to_string(),
+            source: Box::new(e),
+        })
+    };
+    let retention = retention_delta(retention);
+    // the plan only (a vacuum commit would move the table's version and make cubes stale)
+    let (_, plan) = table
+        .clone()
+        .vacuum()
+        .with_mode(VacuumMode::Full)
+        .with_retention_period(retention)
+        .with_enforce_retention_duration(false)
+        .with_dry_run(true)
+        .await
+        .map_err(error)?;
+    let store = table.object_store();
+    let locations = futures::stream::iter(
+        plan.files_deleted
+            .into_iter()
+            .map(|p| Ok(object_store::path::Path::from(p))),
+    )
+    .boxed();
+    let deleted: Vec<_> = store
+        .delete_stream(locations)
+        .filter_map(|r| async move {
+            match r {
+                Ok(path) => Some(Ok(path)),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+        .try_collect()
+        .await
+        .map_err(|e| error(e.into()))?;
+    Ok(deleted.len() as u64)
+}
+
+/// Delete ledger files that the latest `traces` snapshot does not list and that are
+/// older than `retention`.
+async fn vacuum_ledger(traces: &DeltaTable, retention: Duration) -> Result<u64, LoadError> {
+    let ledger = Ledger::read(traces).await?;
+    let current: HashSet<&str> = ledger.files().iter().map(String::as_str).collect();
+    let store = traces.object_store();
+    let cutoff = chrono::Utc::now() - retention_delta(retention);
+    let prefix = object_store::path::Path::from(LEDGER_DIR);
+    let listed: Vec<object_store::ObjectMeta> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|e| LoadError::Staging(format!("listing {LEDGER_DIR}: {e}")))?;
+    let mut deleted = 0;
+    for meta in listed {
+        if current.contains(meta.location.as_ref()) || meta.last_modified > cutoff {
+            continue;
+        }
+        match store.delete(&meta.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+            Err(e) => return Err(LoadError::Staging(format!("{}: {e}", meta.location))),
+        }
+    }
+    Ok(deleted)
+}
+
+/// `retention` as a chrono duration, at most a century.
+fn retention_delta(retention: Duration) -> chrono::Duration {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    chrono::Duration::from_std(retention.min(CENTURY)).expect("a century fits")
+}
