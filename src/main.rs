@@ -62,7 +62,8 @@ enum Command {
     /// that stopped) once they are older than the retention.
     Vacuum {
         /// How long unreferenced files are kept, e.g. "7 days", "1 hour", or 0 (default:
-        /// `vacuum_retention`, 1 day). Queries and loads running longer than it may fail.
+        /// `vacuum_retention`, 1 day). A query reading an older snapshot for longer may
+        /// fail; loads and compactions in progress are protected by their markers.
         #[arg(long)]
         retention: Option<String>,
     },
@@ -91,7 +92,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,datafusion_postgres=warn,pgwire=warn,buoyant_kernel=off,delta_kernel=warn,deltalake_core=warn".into()),
+                .unwrap_or_else(|_| "info,datafusion_postgres=warn,pgwire=warn,buoyant_kernel=off,delta_kernel=warn,deltalake_core=warn,deltalake_core::kernel::transaction=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -165,9 +166,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Vacuum { retention } => {
             let retention = retention
-                .map(|r| match r.trim() {
-                    "0" => Ok(0),
-                    r => tracecube_engine::config::parse_duration("--retention", r),
+                .map(|r| match r.split_whitespace().next() {
+                    // no retention at all: any unit
+                    Some("0") => Ok(0),
+                    _ => tracecube_engine::config::parse_duration("--retention", &r),
                 })
                 .transpose()?
                 .map(|s| std::time::Duration::from_secs(s as u64));

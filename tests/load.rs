@@ -340,7 +340,23 @@ async fn killed_loads_leave_orphans_that_vacuum_removes() {
             break;
         }
     }
-    // vacuum with no retention removes every file no snapshot references
+    // vacuum with no retention removes every file no snapshot references, once files
+    // never committed are older than a writer takes to commit: age them
+    let aged = Command::new("find")
+        .arg(std::path::Path::new(&warehouse).join("traces"))
+        .args([
+            "-type",
+            "f",
+            "-exec",
+            "touch",
+            "-d",
+            "2 minutes ago",
+            "{}",
+            "+",
+        ])
+        .status()
+        .unwrap();
+    assert!(aged.success());
     let report = tracecube_engine::maintenance::vacuum(&wh.warehouse, Duration::ZERO)
         .await
         .unwrap();
@@ -659,5 +675,89 @@ async fn memory_of_a_load_is_bounded_by_its_setting_not_its_size() {
     assert!(
         large_peak * 3 < unbounded * 2,
         "peak RSS {large_peak} MB within 32 MB of rows, {unbounded} MB holding them all"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vacuum_with_no_retention_never_takes_the_files_of_running_loads() {
+    let wh = TestWarehouse::with(|c| c.cubes.clear()).await;
+    let warehouse = wh.config().warehouse;
+    let big = wh.generate("big", 150_000, 61);
+    let small: Vec<_> = (0..4)
+        .map(|i| wh.generate(&format!("small{i}"), 500, 62 + i))
+        .collect();
+    let mut loads = vec![
+        Command::new(env!("CARGO_BIN_EXE_tracecube"))
+            .args(["load", "--warehouse", &warehouse])
+            .arg(&big)
+            .env("TRACECUBE_LOAD_MEMORY_MB", "16")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ];
+    for s in &small {
+        loads.push(
+            Command::new(env!("CARGO_BIN_EXE_tracecube"))
+                .args(["load", "--warehouse", &warehouse])
+                .arg(s)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    // vacuum with no retention, over and over, while they run
+    let mut vacuums = 0;
+    while loads.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
+        tracecube_engine::maintenance::vacuum(&wh.warehouse, Duration::ZERO)
+            .await
+            .unwrap();
+        vacuums += 1;
+    }
+    assert!(vacuums > 0);
+    for child in loads {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // every committed file is there, and the ledger still answers
+    assert_eq!(wh.count("traces").await, 152_000);
+    let again = wh
+        .load(&[&small[0], &big], LoadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(again.status, "no-op");
+    tracecube_engine::maintenance::vacuum(&wh.warehouse, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(orphans(&wh).await, Vec::<String>::new());
+    assert_eq!(wh.count("traces").await, 152_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equivalent_settings_open_the_warehouse() {
+    let wh = TestWarehouse::with(|c| c.time_zone = "UTC".into()).await;
+    let f = write_csv(&wh, "first.csv", &GOOD);
+    wh.load(&[&f], LoadOptions::default()).await.unwrap();
+    let mut alias = wh.config();
+    alias.time_zone = "Etc/UTC".into();
+    // a listed cost equal to the default is the same cost
+    alias
+        .hourly_cost
+        .insert("fax".into(), alias.default_hourly_cost);
+    tracecube_engine::Warehouse::open(alias).await.unwrap();
+    let mut other = wh.config();
+    other.default_hourly_cost = 99.0;
+    let err = tracecube_engine::Warehouse::open(other)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("default_hourly_cost") && err.contains("99"),
+        "{err}"
     );
 }

@@ -15,12 +15,17 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 
 use crate::load::LoadError;
+use crate::load::inflight::{self, Inflight};
 use crate::load::ledger::{LEDGER_DIR, Ledger};
 use crate::load::stage::{self, Part, Target};
 use crate::warehouse::{Table, Warehouse, WarehouseError};
 
-/// Compressed bytes of stored files merged into one by a compaction.
-const MERGED_BYTES: u64 = 256 << 20;
+/// Compressed bytes of stored files merged into one by a compaction (one group at a
+/// time is held in memory, about ten times this size).
+const MERGED_BYTES: u64 = 48 << 20;
+
+/// Key of a compaction's id in its commit's metadata.
+const COMPACTION_KEY: &str = "tracecube.compaction";
 
 /// How many times a compaction commits again after another commit came first.
 const COMMIT_ATTEMPTS: usize = 5;
@@ -44,7 +49,20 @@ fn delta(traces: &DeltaTable) -> impl Fn(deltalake::DeltaTableError) -> LoadErro
 /// load is never lost: the commit only removes files that are still current, and a load
 /// committing after it checks its rows against the merged files.
 pub async fn compact_traces(warehouse: &Warehouse) -> Result<TracesCompaction, LoadError> {
-    let mut traces = warehouse.table(Table::Traces).await?;
+    let traces = warehouse.table(Table::Traces).await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    // vacuum keeps the merged files until they are committed
+    let marker = Inflight::start(traces.object_store(), &id).await?;
+    let result = compact_marked(warehouse, traces, &id).await;
+    marker.finish().await;
+    result
+}
+
+async fn compact_marked(
+    warehouse: &Warehouse,
+    mut traces: DeltaTable,
+    id: &str,
+) -> Result<TracesCompaction, LoadError> {
     let before = traces.version().map_or(0, |v| v as i64);
     let mut report = TracesCompaction {
         version_before: before,
@@ -82,7 +100,7 @@ pub async fn compact_traces(warehouse: &Warehouse) -> Result<TracesCompaction, L
                 Ok::<_, LoadError>((day, files, parts))
             }
         })
-        .buffer_unordered(2)
+        .buffered(1)
         .try_collect()
         .await?;
     let removed: HashSet<String> = merged
@@ -92,11 +110,21 @@ pub async fn compact_traces(warehouse: &Warehouse) -> Result<TracesCompaction, L
     let added: Vec<Part> = merged.iter().flat_map(|(_, _, p)| p.clone()).collect();
     let mut attempts = 0;
     let version = loop {
-        let committed = commit_merge(&traces, &removed, &added).await;
+        let read_version = traces.version().map_or(-1, |v| v as i64);
+        let committed = commit_merge(&traces, &removed, &added, id).await;
         match committed {
             Ok(Some(version)) => break version,
             Ok(None) if attempts + 1 < COMMIT_ATTEMPTS => attempts += 1,
             outcome => {
+                // the commit may have landed though the call failed
+                let landed =
+                    crate::load::commit_with(warehouse, read_version, COMPACTION_KEY, |v| {
+                        v.as_str() == Some(id)
+                    })
+                    .await;
+                if let Some(version) = landed {
+                    break version;
+                }
                 for part in &added {
                     target.remove(&part.add.path).await;
                 }
@@ -121,6 +149,7 @@ async fn commit_merge(
     traces: &DeltaTable,
     removed: &HashSet<String>,
     added: &[Part],
+    id: &str,
 ) -> Result<Option<i64>, LoadError> {
     let snapshot = traces.snapshot().map_err(delta(traces))?;
     let now = chrono::Utc::now().timestamp_millis();
@@ -133,7 +162,7 @@ async fn commit_merge(
         }
     }
     if actions.len() != removed.len() {
-        return Err(LoadError::Staging(
+        return Err(LoadError::Maintenance(
             "another compaction merged some of the same files first; nothing was changed".into(),
         ));
     }
@@ -146,7 +175,9 @@ async fn commit_merge(
         predicate: None,
         target_size: MERGED_BYTES as i64,
     };
-    let done = CommitBuilder::from(CommitProperties::default().with_max_retries(0))
+    let properties: CommitProperties = crate::load::quiet_commit()
+        .with_metadata([(COMPACTION_KEY.to_string(), serde_json::json!(id))]);
+    let done = CommitBuilder::from(properties)
         .with_actions(actions)
         .build(Some(snapshot), traces.log_store(), operation)
         .await;
@@ -195,6 +226,9 @@ pub async fn vacuum(warehouse: &Warehouse, retention: Duration) -> Result<Vacuum
     {
         dirs.push(def.dir(slas));
     }
+    // the work in flight anywhere in the warehouse (markers are kept next to traces)
+    let traces = warehouse.table(Table::Traces).await?;
+    let live = inflight::live(&traces.object_store()).await?;
     let mut report = VacuumReport::default();
     for dir in dirs {
         let table = match warehouse.open_dir(&dir).await {
@@ -204,9 +238,10 @@ pub async fn vacuum(warehouse: &Warehouse, retention: Duration) -> Result<Vacuum
                 continue;
             }
         };
-        let mut deleted = vacuum_table(&table, retention, &dir).await?;
+        let mut deleted = vacuum_table(&table, retention, &dir, &live).await?;
         if dir == Table::Traces.dir() {
-            deleted += vacuum_ledger(&table, retention).await?;
+            deleted += vacuum_ledger(warehouse, &table, retention, &live).await?;
+            deleted += remove_stale_markers(&table, retention, &live).await;
         }
         report.tables.push((dir, deleted));
     }
@@ -214,10 +249,16 @@ pub async fn vacuum(warehouse: &Warehouse, retention: Duration) -> Result<Vacuum
     Ok(report)
 }
 
+/// Files never committed are deleted only past this age, whatever the retention: a
+/// writer with no marker (a cube refresh, an `impact_weights` change) commits its files
+/// within it.
+pub const UNCOMMITTED_MIN_AGE: Duration = Duration::from_secs(60);
+
 async fn vacuum_table(
     table: &DeltaTable,
     retention: Duration,
     dir: &str,
+    live: &inflight::Live,
 ) -> Result<u64, LoadError> {
     let error = |e: deltalake::DeltaTableError| {
         LoadError::Warehouse(WarehouseError::Delta {
@@ -226,24 +267,42 @@ async fn vacuum_table(
             source: Box::new(e),
         })
     };
-    let retention = retention_delta(retention);
-    // the plan only (a vacuum commit would move the table's version and make cubes stale)
-    let (_, plan) = table
-        .clone()
-        .vacuum()
-        .with_mode(VacuumMode::Full)
-        .with_retention_period(retention)
-        .with_enforce_retention_duration(false)
-        .with_dry_run(true)
-        .await
-        .map_err(error)?;
+    // plans only (a vacuum commit would move the table's version and make cubes stale):
+    // the files removed by commits longer ago than the retention, and every file no
+    // snapshot references
+    let plan = |mode: VacuumMode| {
+        table
+            .clone()
+            .vacuum()
+            .with_mode(mode)
+            .with_retention_period(retention_delta(retention))
+            .with_enforce_retention_duration(false)
+            .with_dry_run(true)
+    };
+    let (_, removed) = plan(VacuumMode::Lite).await.map_err(error)?;
+    let (_, all) = plan(VacuumMode::Full).await.map_err(error)?;
+    let removed: HashSet<String> = removed.files_deleted.into_iter().collect();
     let store = table.object_store();
-    let locations = futures::stream::iter(
-        plan.files_deleted
-            .into_iter()
-            .map(|p| Ok(object_store::path::Path::from(p))),
-    )
-    .boxed();
+    let now = chrono::Utc::now();
+    // a file never committed may be a writer's that has not committed yet
+    let mut young = now - retention_delta(retention.max(UNCOMMITTED_MIN_AGE));
+    if let Some(oldest) = live.oldest_start {
+        young = young.min(oldest - chrono::Duration::from_std(inflight::LIVE_FOR).expect("short"));
+    }
+    let mut files: Vec<object_store::path::Path> = Vec::new();
+    for path in all.files_deleted {
+        let location = object_store::path::Path::from(path.as_str());
+        if removed.contains(&path) {
+            files.push(location);
+            continue;
+        }
+        match store.head(&location).await {
+            Ok(meta) if meta.last_modified < young => files.push(location),
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(error(e.into())),
+        }
+    }
+    let locations = futures::stream::iter(files.into_iter().map(Ok)).boxed();
     let deleted: Vec<_> = store
         .delete_stream(locations)
         .filter_map(|r| async move {
@@ -259,19 +318,47 @@ async fn vacuum_table(
     Ok(deleted.len() as u64)
 }
 
+/// Delete the markers of processes that stopped.
+async fn remove_stale_markers(
+    table: &DeltaTable,
+    retention: Duration,
+    live: &inflight::Live,
+) -> u64 {
+    let store = table.object_store();
+    let cutoff = chrono::Utc::now() - retention_delta(retention);
+    let mut removed = 0;
+    for (path, last) in &live.stale {
+        if *last < cutoff && store.delete(path).await.is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Delete ledger files that the latest `traces` snapshot does not list and that are
 /// older than `retention`.
-async fn vacuum_ledger(traces: &DeltaTable, retention: Duration) -> Result<u64, LoadError> {
-    let ledger = Ledger::read(traces).await?;
-    let current: HashSet<&str> = ledger.files().iter().map(String::as_str).collect();
+async fn vacuum_ledger(
+    warehouse: &Warehouse,
+    traces: &DeltaTable,
+    retention: Duration,
+    live: &inflight::Live,
+) -> Result<u64, LoadError> {
     let store = traces.object_store();
-    let cutoff = chrono::Utc::now() - retention_delta(retention);
+    // a load in flight may still read a list that no longer holds some files
+    if !live.ids.is_empty() {
+        return Ok(0);
+    }
+    // the latest list, read after the markers: a load starting now reads it or a later one
+    let latest = warehouse.table(Table::Traces).await?;
+    let ledger = Ledger::read(&latest).await?;
+    let current: HashSet<&str> = ledger.files().iter().map(String::as_str).collect();
+    let cutoff = chrono::Utc::now() - retention_delta(retention.max(UNCOMMITTED_MIN_AGE));
     let prefix = object_store::path::Path::from(LEDGER_DIR);
     let listed: Vec<object_store::ObjectMeta> = store
         .list(Some(&prefix))
         .try_collect()
         .await
-        .map_err(|e| LoadError::Staging(format!("listing {LEDGER_DIR}: {e}")))?;
+        .map_err(|e| LoadError::Maintenance(format!("listing {LEDGER_DIR}: {e}")))?;
     let mut deleted = 0;
     for meta in listed {
         if current.contains(meta.location.as_ref()) || meta.last_modified > cutoff {
@@ -279,7 +366,7 @@ async fn vacuum_ledger(traces: &DeltaTable, retention: Duration) -> Result<u64, 
         }
         match store.delete(&meta.location).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
-            Err(e) => return Err(LoadError::Staging(format!("{}: {e}", meta.location))),
+            Err(e) => return Err(LoadError::Maintenance(format!("{}: {e}", meta.location))),
         }
     }
     Ok(deleted)

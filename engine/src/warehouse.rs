@@ -152,13 +152,22 @@ impl Warehouse {
                 configured,
             };
         let config = &self.config;
+        if !recorded.contains_key(TIME_ZONE_KEY) && snapshot.log_data().num_files() > 0 {
+            tracing::warn!(
+                "the warehouse at {} was written before Tracecube recorded the time zone and costs its values were derived with: make sure time_zone and hourly_cost are the ones it was loaded with",
+                self.root
+            );
+        }
         if let Some(zone) = recorded.get(TIME_ZONE_KEY) {
-            let configured = config.tz()?.name().to_string();
-            if *zone != configured {
+            let configured = config.tz()?;
+            let same = zone
+                .parse::<chrono_tz::Tz>()
+                .is_ok_and(|z| same_rules(z, configured));
+            if !same {
                 return Err(mismatch(
                     "time_zone",
                     format!("{zone:?}"),
-                    format!("{configured:?}"),
+                    format!("{:?}", configured.name()),
                 ));
             }
         }
@@ -179,13 +188,18 @@ impl Warehouse {
                 .chain(config.hourly_cost.keys())
                 .collect();
             for channel in channels {
-                let (was, is) = (costs.channels.get(channel), config.hourly_cost.get(channel));
+                // effective costs: a channel not listed costs the default
+                let was = costs
+                    .channels
+                    .get(channel)
+                    .copied()
+                    .unwrap_or(costs.default);
+                let is = config.hourly_cost_of(channel);
                 if was != is {
-                    let shown = |v: Option<&f64>| v.map_or("unset".to_string(), f64::to_string);
                     return Err(mismatch(
                         &format!("hourly_cost.{channel}"),
-                        shown(was),
-                        shown(is),
+                        was.to_string(),
+                        is.to_string(),
                     ));
                 }
             }
@@ -370,6 +384,23 @@ fn costs_text(config: &Config) -> String {
         default: config.default_hourly_cost,
     })
     .expect("costs serialise")
+}
+
+/// Whether two zones give the same UTC offset at every week from 1900 to 2100 (aliases
+/// such as `UTC` and `Etc/UTC` do).
+fn same_rules(a: chrono_tz::Tz, b: chrono_tz::Tz) -> bool {
+    use chrono::{Offset, TimeZone};
+    if a == b {
+        return true;
+    }
+    const WEEK: i64 = 7 * 86_400;
+    let (from, to) = (-70 * 365 * 86_400, 130 * 365 * 86_400);
+    (from / WEEK..to / WEEK).all(|w| {
+        let at = chrono::DateTime::from_timestamp(w * WEEK, 0)
+            .unwrap_or_default()
+            .naive_utc();
+        a.offset_from_utc_datetime(&at).fix() == b.offset_from_utc_datetime(&at).fix()
+    })
 }
 
 /// The settings that shape stored values (`day`, `hour`, `minute`, `weekday` come from

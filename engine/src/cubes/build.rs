@@ -347,7 +347,10 @@ pub async fn refresh_after_load(
                 def.name,
                 status.traces_version
             );
-            report.push(rebuild(warehouse, def).await?);
+            match rebuild(warehouse, def).await {
+                Ok(r) => report.push(r),
+                Err(e) => stays_stale(def, &e),
+            }
             continue;
         }
         if no_rows {
@@ -394,7 +397,9 @@ pub async fn refresh_after_load(
                 })?;
             done.push((def, rows));
         }
-        let written = write(
+        // a cube written meanwhile by a compaction or another load stays stale: the
+        // other cubes are still refreshed
+        match write(
             warehouse,
             def,
             table,
@@ -403,10 +408,20 @@ pub async fn refresh_after_load(
             after,
             complete_from,
         )
-        .await?;
-        report.push(refreshed(def, "appended", written, after, started));
+        .await
+        {
+            Ok(written) => report.push(refreshed(def, "appended", written, after, started)),
+            Err(e) => stays_stale(def, &e),
+        }
     }
     Ok(report)
+}
+
+fn stays_stale(def: &CubeDef, e: &CubeError) {
+    tracing::warn!(
+        "cube {} could not be refreshed and will not be used until rebuilt (tracecube compact, or the next load): {e}",
+        def.name
+    );
 }
 
 fn refreshed(

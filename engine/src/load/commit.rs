@@ -91,15 +91,21 @@ pub async fn commit_traces(
 ) -> Result<Committed, LoadError> {
     let error = delta_err(Table::Traces, warehouse.table_url(Table::Traces));
     let record = serde_json::to_value(record).expect("load record serialises");
-    let commit = CommitProperties::default()
-        .with_metadata([(LOAD_METADATA_KEY.to_string(), record)])
-        .with_max_retries(0);
+    let commit = quiet_commit().with_metadata([(LOAD_METADATA_KEY.to_string(), record)]);
     let snapshot = traces.snapshot().map_err(&error)?;
     let mut metadata = ledger::with_list(snapshot.metadata().clone(), ledger)?;
-    for (key, value) in crate::warehouse::recorded_settings(warehouse.config())? {
-        metadata = metadata
-            .add_config_key(key, value)
-            .map_err(|e| error(e.into()))?;
+    // a table written before settings were recorded is not checked: recording the
+    // settings of whichever load comes first could lock out the right ones
+    let recorded = snapshot
+        .metadata()
+        .configuration()
+        .contains_key(crate::warehouse::TIME_ZONE_KEY);
+    if recorded || snapshot.log_data().num_files() == 0 {
+        for (key, value) in crate::warehouse::recorded_settings(warehouse.config())? {
+            metadata = metadata
+                .add_config_key(key, value)
+                .map_err(|e| error(e.into()))?;
+        }
     }
     let operation = DeltaOperation::Write {
         mode: SaveMode::Append,
@@ -113,10 +119,79 @@ pub async fn commit_traces(
         .build(Some(snapshot), traces.log_store(), operation)
         .await;
     match done {
-        Ok(done) => Ok(Committed::Version(done.version() as i64)),
+        Ok(done) => {
+            let version = done.version() as i64;
+            checkpoint_if_due(warehouse, Table::Traces.dir(), version).await;
+            Ok(Committed::Version(version))
+        }
         Err(e) if is_conflict(&e) => Ok(Committed::Conflict),
         Err(e) => Err(error(e)),
     }
+}
+
+/// Commits that fail at once when another commit came first (the caller checks again),
+/// with no checkpoint or log clean-up after them: a failure there would report a commit
+/// that landed as failed. [`checkpoint_if_due`] writes checkpoints instead.
+pub fn quiet_commit() -> CommitProperties {
+    CommitProperties::default()
+        .with_max_retries(0)
+        .with_create_checkpoint(false)
+        .with_cleanup_expired_logs(Some(false))
+}
+
+/// How many commits apart checkpoints of `traces` are written.
+const CHECKPOINT_EVERY: i64 = 100;
+
+/// Write a checkpoint of the table in folder `dir` when `version` is due one; a failure
+/// is logged (the table stays readable from its log).
+pub async fn checkpoint_if_due(warehouse: &Warehouse, dir: &str, version: i64) {
+    if version <= 0 || version % CHECKPOINT_EVERY != 0 {
+        return;
+    }
+    let result = match warehouse.open_dir(dir).await {
+        Ok(table) => deltalake::checkpoints::create_checkpoint(&table, None)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = result {
+        tracing::warn!("checkpoint of {dir} at version {version} not written: {e}");
+    }
+}
+
+/// The version of `traces` after `read_version` whose commit carries load `load_id`, if
+/// any: a commit that landed though the call reported a failure.
+pub async fn landed(warehouse: &Warehouse, read_version: i64, load_id: &str) -> Option<i64> {
+    committed_with(warehouse, read_version, LOAD_METADATA_KEY, |value| {
+        value.get("load_id").and_then(|v| v.as_str()) == Some(load_id)
+    })
+    .await
+}
+
+/// The version of `traces` after `read_version` whose commit metadata has `key` with a
+/// value `matches` accepts.
+pub async fn committed_with(
+    warehouse: &Warehouse,
+    read_version: i64,
+    key: &str,
+    matches: impl Fn(&serde_json::Value) -> bool,
+) -> Option<i64> {
+    let traces = warehouse.table(Table::Traces).await.ok()?;
+    let latest = traces.version()? as i64;
+    if latest <= read_version {
+        return None;
+    }
+    let infos: Vec<_> = traces
+        .history(Some((latest - read_version) as usize))
+        .try_collect()
+        .await
+        .ok()?;
+    infos.iter().enumerate().find_map(|(age, info)| {
+        info.info
+            .get(key)
+            .is_some_and(&matches)
+            .then_some(latest - age as i64)
+    })
 }
 
 /// Whether a commit failed because another commit took its version.
@@ -273,6 +348,8 @@ pub async fn reconcile_loads(warehouse: &Warehouse, ctx: &SessionContext) -> Res
                 .collect::<Vec<_>>()
         })
         .collect();
+    // loads still running log themselves
+    let running = super::inflight::live(&traces.object_store()).await?.ids;
     let mut missing = Vec::new();
     for (age, info) in infos.iter().enumerate() {
         let Some(value) = info.info.get(LOAD_METADATA_KEY) else {
@@ -283,6 +360,9 @@ pub async fn reconcile_loads(warehouse: &Warehouse, ctx: &SessionContext) -> Res
         };
         if known.contains(&record.load_id) {
             break;
+        }
+        if running.contains(&record.load_id) {
+            continue;
         }
         record.traces_version = Some(latest as i64 - age as i64);
         record.finished_at = info.timestamp.map_or(record.finished_at, |ms| ms * 1000);

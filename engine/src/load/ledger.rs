@@ -66,7 +66,7 @@ pub struct Ledger {
 }
 
 fn ledger_error(message: impl std::fmt::Display) -> LoadError {
-    LoadError::Staging(format!("the ledger of loaded sources: {message}"))
+    LoadError::Ledger(message.to_string())
 }
 
 impl Ledger {
@@ -216,7 +216,11 @@ async fn read_ids(store: &ObjectStoreRef, path: &str) -> Result<Vec<String>, Loa
     let bytes: Bytes = store
         .get(&Path::from(path))
         .await
-        .map_err(|e| ledger_error(format!("reading {path}: {e}")))?
+        .map_err(|e| {
+            ledger_error(format!(
+                "reading {path}, listed in the traces table configuration ({LEDGER_KEY}): {e}"
+            ))
+        })?
         .bytes()
         .await
         .map_err(|e| ledger_error(format!("reading {path}: {e}")))?;

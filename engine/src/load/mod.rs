@@ -4,14 +4,15 @@
 
 mod commit;
 pub mod derive;
+pub mod inflight;
 pub mod ledger;
 pub mod source;
 pub mod stage;
 pub mod validate;
 
-pub use commit::is_conflict;
 pub use commit::writer_properties as stored_writer_properties;
 pub use commit::writer_properties_with_row_groups;
+pub use commit::{committed_with as commit_with, is_conflict, quiet_commit};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,6 +118,10 @@ pub enum LoadError {
         "other commits to traces kept coming while this load committed ({attempts} attempts); nothing was written: run the load again"
     )]
     Contended { attempts: usize },
+    #[error("the ledger of loaded sources: {0}")]
+    Ledger(String),
+    #[error("{0}")]
+    Maintenance(String),
 }
 
 /// How often a load checks its rows again after another commit took its turn, and how
@@ -242,6 +247,26 @@ impl<'a> Loader<'a> {
     ) -> Result<LoadRecord, LoadError> {
         let started_at = now_micros();
         let load_id = uuid::Uuid::now_v7().to_string();
+        let traces = self
+            .warehouse
+            .table(crate::warehouse::Table::Traces)
+            .await?;
+        // vacuum keeps what this load writes, and reconciling loads leaves it alone
+        let marker = inflight::Inflight::start(traces.object_store(), &load_id).await?;
+        drop(traces);
+        let result = self.run_marked(&load_id, started_at, urls, options).await;
+        marker.finish().await;
+        result
+    }
+
+    async fn run_marked(
+        &self,
+        load_id: &str,
+        started_at: i64,
+        urls: &[String],
+        options: &LoadOptions,
+    ) -> Result<LoadRecord, LoadError> {
+        let load_id = load_id.to_string();
         commit::reconcile_loads(self.warehouse, &self.ctx).await?;
         let mut result = self.run(&load_id, started_at, urls, options).await;
         for _ in 1..MAX_RESTARTS {
@@ -372,13 +397,21 @@ impl<'a> Loader<'a> {
             record.status = "committed".into();
             bar.set_message(format!("committing {} rows", record.rows_loaded));
             let parts = staged.parts();
+            let read_version = traces.version().map_or(-1, |v| v as i64);
             let committed = match ledger.append(&traces.object_store(), load_id, &fresh).await {
                 Ok(list) => {
-                    let committed =
+                    let mut committed =
                         commit::commit_traces(self.warehouse, &traces, &parts, &list, &record)
                             .await;
                     if !matches!(committed, Ok(commit::Committed::Version(_))) {
-                        ledger::remove_file(&traces.object_store(), list.files.last()).await;
+                        // the commit may have landed though the call failed (a retried
+                        // write, a failed step after it): never delete what it references
+                        match commit::landed(self.warehouse, read_version, load_id).await {
+                            Some(version) => committed = Ok(commit::Committed::Version(version)),
+                            None => {
+                                ledger::remove_file(&traces.object_store(), list.files.last()).await
+                            }
+                        }
                     }
                     committed
                 }
@@ -391,12 +424,22 @@ impl<'a> Loader<'a> {
                 }
                 Ok(commit::Committed::Conflict) => {
                     stage::remove(&target, &staged).await;
+                    if !rejected.is_empty() {
+                        commit::remove_rejects(self.warehouse, load_id).await?;
+                    }
                     return Err(LoadError::Contended {
                         attempts: MAX_COMMIT_ATTEMPTS,
                     });
                 }
                 Err(e) => {
                     stage::remove(&target, &staged).await;
+                    if !rejected.is_empty()
+                        && let Err(cleanup) = commit::remove_rejects(self.warehouse, load_id).await
+                    {
+                        tracing::warn!(
+                            "cannot remove the rejected rows of failed load {load_id}: {cleanup}"
+                        );
+                    }
                     return Err(e);
                 }
             }

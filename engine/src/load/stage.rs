@@ -364,9 +364,10 @@ impl Stager {
             }
         }
         if self.spill_dir.is_none() {
+            sweep_spills();
             self.spill_dir = Some(
                 tempfile::Builder::new()
-                    .prefix("tracecube-load-")
+                    .prefix(&format!("{SPILL_PREFIX}{}-", std::process::id()))
                     .tempdir()
                     .map_err(|e| {
                         LoadError::Staging(format!("cannot create a spill folder: {e}"))
@@ -455,6 +456,36 @@ impl Stager {
             self.target.remove(&part.add.path).await;
         }
         self.spill_dir = None;
+    }
+}
+
+/// Name prefix of a load's spill folder, followed by the loading process's id.
+const SPILL_PREFIX: &str = "tracecube-load-";
+
+/// Remove the spill folders of loads whose process is gone (killed, out of memory).
+fn sweep_spills() {
+    let proc = std::path::Path::new("/proc");
+    if !proc.is_dir() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix(SPILL_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !proc.join(pid.to_string()).exists() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => tracing::info!("removed the spill folder {name} of a load that stopped"),
+                Err(e) => tracing::debug!("cannot remove {name}: {e}"),
+            }
+        }
     }
 }
 

@@ -1,0 +1,156 @@
+//! Markers of work in flight on `traces`: a load or a compaction writes files that no
+//! commit references yet, and a vacuum must not take them for the leftovers of a process
+//! that stopped. Each such process keeps a marker under `traces/_tracecube_inflight/`,
+//! named with its start time and rewritten every [`HEARTBEAT`]; a marker not rewritten
+//! for [`LIVE_FOR`] belongs to a process that stopped. Vacuum keeps every unreferenced
+//! file written after the start of the oldest live marker, and every ledger file while
+//! any marker is live.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use deltalake::logstore::ObjectStoreRef;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+
+use super::LoadError;
+
+/// Folder of the markers, under the `traces` table (hidden from Delta readers).
+pub const INFLIGHT_DIR: &str = "_tracecube_inflight";
+
+/// How often a marker is rewritten.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// How long after its last rewrite a marker counts as live.
+pub const LIVE_FOR: Duration = Duration::from_secs(120);
+
+/// The marker of one process's work, rewritten until it is finished or dropped (a
+/// dropped marker stays until a vacuum finds it stale).
+pub struct Inflight {
+    store: ObjectStoreRef,
+    path: Path,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+fn marker_error(e: impl std::fmt::Display) -> LoadError {
+    LoadError::Maintenance(format!("the marker of work in progress: {e}"))
+}
+
+impl Inflight {
+    /// Announce work `id` (a load id, a compaction id) on the table of `store`.
+    pub async fn start(store: ObjectStoreRef, id: &str) -> Result<Inflight, LoadError> {
+        let started = chrono::Utc::now().timestamp_micros();
+        let path = Path::from(format!("{INFLIGHT_DIR}/{started}-{id}"));
+        let body = PutPayload::from(
+            serde_json::json!({
+                "started": started,
+                "pid": std::process::id(),
+                "host": host(),
+            })
+            .to_string(),
+        );
+        store.put(&path, body.clone()).await.map_err(marker_error)?;
+        let heartbeat = tokio::spawn({
+            let (store, path) = (store.clone(), path.clone());
+            async move {
+                let mut ticks = tokio::time::interval(HEARTBEAT);
+                ticks.tick().await;
+                loop {
+                    ticks.tick().await;
+                    if let Err(e) = store.put(&path, body.clone()).await {
+                        tracing::warn!("cannot refresh {path}: {e}");
+                    }
+                }
+            }
+        });
+        Ok(Inflight {
+            store,
+            path,
+            heartbeat,
+        })
+    }
+
+    /// The work is done: remove the marker.
+    pub async fn finish(self) {
+        self.heartbeat.abort();
+        if let Err(e) = self.store.delete(&self.path).await {
+            tracing::warn!("cannot remove {} (vacuum will): {e}", self.path);
+        }
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+/// The live markers of a table.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Ids of the work in flight.
+    pub ids: HashSet<String>,
+    /// When the oldest work in flight started.
+    pub oldest_start: Option<chrono::DateTime<chrono::Utc>>,
+    /// Markers of processes that stopped, with their last rewrite.
+    pub stale: Vec<(Path, chrono::DateTime<chrono::Utc>)>,
+}
+
+/// This machine's name, as markers record it.
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether the marker `body` was written by a process of this machine that is gone.
+fn process_gone(body: &[u8]) -> bool {
+    let Ok(marker) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let local = host();
+    let (Some(pid), Some(host)) = (marker["pid"].as_u64(), marker["host"].as_str()) else {
+        return false;
+    };
+    let proc = std::path::Path::new("/proc");
+    !local.is_empty() && host == local && proc.is_dir() && !proc.join(pid.to_string()).exists()
+}
+
+/// The markers on the table of `store`.
+pub async fn live(store: &ObjectStoreRef) -> Result<Live, LoadError> {
+    let prefix = Path::from(INFLIGHT_DIR);
+    let listed: Vec<object_store::ObjectMeta> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(marker_error)?;
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(LIVE_FOR).expect("short");
+    let mut live = Live::default();
+    for meta in listed {
+        let Some(name) = meta.location.filename() else {
+            continue;
+        };
+        let Some((started, id)) = name.split_once('-') else {
+            continue;
+        };
+        // a marker not rewritten lately, or of a process of this machine that is gone
+        let gone = match store.get(&meta.location).await {
+            Ok(got) => got.bytes().await.is_ok_and(|b| process_gone(&b)),
+            Err(object_store::Error::NotFound { .. }) => continue,
+            Err(e) => return Err(marker_error(e)),
+        };
+        if meta.last_modified < cutoff || gone {
+            live.stale.push((meta.location.clone(), meta.last_modified));
+            continue;
+        }
+        let started = started
+            .parse::<i64>()
+            .ok()
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .unwrap_or(meta.last_modified);
+        live.oldest_start = Some(live.oldest_start.map_or(started, |o| o.min(started)));
+        live.ids.insert(id.to_string());
+    }
+    Ok(live)
+}
