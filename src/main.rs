@@ -166,10 +166,18 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Vacuum { retention } => {
             let retention = retention
-                .map(|r| match r.split_whitespace().next() {
-                    // no retention at all: any unit
-                    Some("0") => Ok(0),
-                    _ => tracecube_engine::config::parse_duration("--retention", &r),
+                .map(|r| {
+                    let text = r.trim();
+                    // no retention at all: "0", or 0 of a valid unit
+                    match text.split_once(char::is_whitespace) {
+                        _ if text == "0" => Ok(0),
+                        Some(("0", unit)) => tracecube_engine::config::parse_duration(
+                            "--retention",
+                            &format!("1 {unit}"),
+                        )
+                        .map(|_| 0),
+                        _ => tracecube_engine::config::parse_duration("--retention", text),
+                    }
                 })
                 .transpose()?
                 .map(|s| std::time::Duration::from_secs(s as u64));

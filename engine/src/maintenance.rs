@@ -122,8 +122,15 @@ async fn compact_marked(
                         v.as_str() == Some(id)
                     })
                     .await;
-                if let Some(version) = landed {
-                    break version;
+                match landed {
+                    Ok(Some(version)) => break version,
+                    Ok(None) => {}
+                    Err(e) => {
+                        // unknown: keep every file (vacuum removes them if unused)
+                        return Err(LoadError::Maintenance(format!(
+                            "cannot tell whether the compaction was committed ({e}); nothing was removed"
+                        )));
+                    }
                 }
                 for part in &added {
                     target.remove(&part.add.path).await;
@@ -136,6 +143,7 @@ async fn compact_marked(
         }
         traces = warehouse.table(Table::Traces).await?;
     };
+    crate::load::checkpoint_if_due(warehouse, Table::Traces.dir(), version).await;
     report.files_removed = removed.len() as u64;
     report.files_added = added.len() as u64;
     report.version_after = version;

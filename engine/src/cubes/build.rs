@@ -547,6 +547,20 @@ pub struct CompactReport {
 /// `tracecube compact`: merge the small files of `traces` (per day, keeping the
 /// (channel, declaration) order) and compact every cube.
 pub async fn compact(warehouse: &Warehouse) -> Result<CompactReport, CubeError> {
+    // vacuum keeps the cube files written until they are committed
+    let traces = warehouse.table(Table::Traces).await?;
+    let marker = crate::load::inflight::Inflight::start(
+        traces.object_store(),
+        &uuid::Uuid::now_v7().to_string(),
+    )
+    .await
+    .map_err(|e| CubeError::Traces(Box::new(e)))?;
+    let result = compact_marked(warehouse).await;
+    marker.finish().await;
+    result
+}
+
+async fn compact_marked(warehouse: &Warehouse) -> Result<CompactReport, CubeError> {
     let started = Instant::now();
     let merged = crate::maintenance::compact_traces(warehouse)
         .await

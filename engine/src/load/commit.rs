@@ -149,9 +149,14 @@ pub async fn checkpoint_if_due(warehouse: &Warehouse, dir: &str, version: i64) {
         return;
     }
     let result = match warehouse.open_dir(dir).await {
-        Ok(table) => deltalake::checkpoints::create_checkpoint(&table, None)
-            .await
-            .map_err(|e| e.to_string()),
+        Ok(table) => match deltalake::checkpoints::create_checkpoint(&table, None).await {
+            // and the log entries past the table's log retention go
+            Ok(()) => deltalake::checkpoints::cleanup_metadata(&table, None)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = result {
@@ -160,8 +165,13 @@ pub async fn checkpoint_if_due(warehouse: &Warehouse, dir: &str, version: i64) {
 }
 
 /// The version of `traces` after `read_version` whose commit carries load `load_id`, if
-/// any: a commit that landed though the call reported a failure.
-pub async fn landed(warehouse: &Warehouse, read_version: i64, load_id: &str) -> Option<i64> {
+/// any: a commit that landed though the call reported a failure. An error means the log
+/// could not be read: whether the commit landed is unknown.
+pub async fn landed(
+    warehouse: &Warehouse,
+    read_version: i64,
+    load_id: &str,
+) -> Result<Option<i64>, String> {
     committed_with(warehouse, read_version, LOAD_METADATA_KEY, |value| {
         value.get("load_id").and_then(|v| v.as_str()) == Some(load_id)
     })
@@ -169,29 +179,41 @@ pub async fn landed(warehouse: &Warehouse, read_version: i64, load_id: &str) -> 
 }
 
 /// The version of `traces` after `read_version` whose commit metadata has `key` with a
-/// value `matches` accepts.
+/// value `matches` accepts, read from each commit file after `read_version`.
 pub async fn committed_with(
     warehouse: &Warehouse,
     read_version: i64,
     key: &str,
     matches: impl Fn(&serde_json::Value) -> bool,
-) -> Option<i64> {
-    let traces = warehouse.table(Table::Traces).await.ok()?;
-    let latest = traces.version()? as i64;
-    if latest <= read_version {
-        return None;
-    }
-    let infos: Vec<_> = traces
-        .history(Some((latest - read_version) as usize))
-        .try_collect()
+) -> Result<Option<i64>, String> {
+    let traces = warehouse
+        .table(Table::Traces)
         .await
-        .ok()?;
-    infos.iter().enumerate().find_map(|(age, info)| {
-        info.info
-            .get(key)
-            .is_some_and(&matches)
-            .then_some(latest - age as i64)
-    })
+        .map_err(|e| e.to_string())?;
+    let store = traces.log_store();
+    let mut version = read_version + 1;
+    loop {
+        let Some(bytes) = store
+            .read_commit_entry(version as _)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        for line in bytes.split(|b| *b == b'\n') {
+            let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
+            if action
+                .get("commitInfo")
+                .and_then(|info| info.get(key))
+                .is_some_and(&matches)
+            {
+                return Ok(Some(version));
+            }
+        }
+        version += 1;
+    }
 }
 
 /// Whether a commit failed because another commit took its version.
@@ -330,6 +352,9 @@ pub async fn reconcile_loads(warehouse: &Warehouse, ctx: &SessionContext) -> Res
         .try_collect()
         .await
         .map_err(delta_err(Table::Traces, warehouse.table_url(Table::Traces)))?;
+    // loads still running log themselves (listed before the loads table is read: a load
+    // finishing in between is then in the table)
+    let running = super::inflight::live(&traces.object_store()).await?.ids;
     let session = SessionContext::new_with_state(ctx.state());
     warehouse.register(&session, "loads", Table::Loads).await?;
     let known: HashSet<String> = session
@@ -348,8 +373,6 @@ pub async fn reconcile_loads(warehouse: &Warehouse, ctx: &SessionContext) -> Res
                 .collect::<Vec<_>>()
         })
         .collect();
-    // loads still running log themselves
-    let running = super::inflight::live(&traces.object_store()).await?.ids;
     let mut missing = Vec::new();
     for (age, info) in infos.iter().enumerate() {
         let Some(value) = info.info.get(LOAD_METADATA_KEY) else {

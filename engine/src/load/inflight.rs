@@ -31,6 +31,8 @@ pub struct Inflight {
     store: ObjectStoreRef,
     path: Path,
     heartbeat: tokio::task::JoinHandle<()>,
+    /// When the marker was last written (microseconds since the epoch).
+    written: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 fn marker_error(e: impl std::fmt::Display) -> LoadError {
@@ -46,20 +48,24 @@ impl Inflight {
             serde_json::json!({
                 "started": started,
                 "pid": std::process::id(),
+                "pid_namespace": pid_namespace(),
                 "host": host(),
             })
             .to_string(),
         );
         store.put(&path, body.clone()).await.map_err(marker_error)?;
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(started));
         let heartbeat = tokio::spawn({
-            let (store, path) = (store.clone(), path.clone());
+            let (store, path, written) = (store.clone(), path.clone(), written.clone());
             async move {
                 let mut ticks = tokio::time::interval(HEARTBEAT);
                 ticks.tick().await;
                 loop {
                     ticks.tick().await;
-                    if let Err(e) = store.put(&path, body.clone()).await {
-                        tracing::warn!("cannot refresh {path}: {e}");
+                    let at = chrono::Utc::now().timestamp_micros();
+                    match store.put(&path, body.clone()).await {
+                        Ok(_) => written.store(at, std::sync::atomic::Ordering::Relaxed),
+                        Err(e) => tracing::warn!("cannot refresh {path}: {e}"),
                     }
                 }
             }
@@ -68,7 +74,24 @@ impl Inflight {
             store,
             path,
             heartbeat,
+            written,
         })
+    }
+
+    /// Fail when the marker may have looked stale to a vacuum (not rewritten for half of
+    /// [`LIVE_FOR`]: the process was paused, or the store refused the rewrites): files
+    /// this work wrote may be gone.
+    pub fn check_alive(&self) -> Result<(), LoadError> {
+        let written = self.written.load(std::sync::atomic::Ordering::Relaxed);
+        let age = chrono::Utc::now().timestamp_micros() - written;
+        if age > (LIVE_FOR.as_micros() / 2) as i64 {
+            return Err(marker_error(format!(
+                "{} was last rewritten {} s ago; a vacuum may have taken this work for stopped: nothing was committed",
+                self.path,
+                age / 1_000_000
+            )));
+        }
+        Ok(())
     }
 
     /// The work is done: remove the marker.
@@ -101,6 +124,14 @@ pub struct Live {
 fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The process-id namespace of this process (`pid:[…]`): process ids compare only
+/// within one.
+pub(crate) fn pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
         .unwrap_or_default()
 }
 

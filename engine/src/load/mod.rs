@@ -12,7 +12,7 @@ pub mod validate;
 
 pub use commit::writer_properties as stored_writer_properties;
 pub use commit::writer_properties_with_row_groups;
-pub use commit::{committed_with as commit_with, is_conflict, quiet_commit};
+pub use commit::{checkpoint_if_due, committed_with as commit_with, is_conflict, quiet_commit};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -254,13 +254,16 @@ impl<'a> Loader<'a> {
         // vacuum keeps what this load writes, and reconciling loads leaves it alone
         let marker = inflight::Inflight::start(traces.object_store(), &load_id).await?;
         drop(traces);
-        let result = self.run_marked(&load_id, started_at, urls, options).await;
+        let result = self
+            .run_marked(&marker, &load_id, started_at, urls, options)
+            .await;
         marker.finish().await;
         result
     }
 
     async fn run_marked(
         &self,
+        marker: &inflight::Inflight,
         load_id: &str,
         started_at: i64,
         urls: &[String],
@@ -268,13 +271,13 @@ impl<'a> Loader<'a> {
     ) -> Result<LoadRecord, LoadError> {
         let load_id = load_id.to_string();
         commit::reconcile_loads(self.warehouse, &self.ctx).await?;
-        let mut result = self.run(&load_id, started_at, urls, options).await;
+        let mut result = self.run(marker, &load_id, started_at, urls, options).await;
         for _ in 1..MAX_RESTARTS {
             if !matches!(result, Ok(Run::Again)) {
                 break;
             }
             tracing::info!("a concurrent load committed some of the same sources: loading again");
-            result = self.run(&load_id, started_at, urls, options).await;
+            result = self.run(marker, &load_id, started_at, urls, options).await;
         }
         let result = match result {
             Ok(Run::Done(record)) => Ok(record),
@@ -299,6 +302,7 @@ impl<'a> Loader<'a> {
 
     async fn run(
         &self,
+        marker: &inflight::Inflight,
         load_id: &str,
         started_at: i64,
         urls: &[String],
@@ -397,6 +401,16 @@ impl<'a> Loader<'a> {
             record.status = "committed".into();
             bar.set_message(format!("committing {} rows", record.rows_loaded));
             let parts = staged.parts();
+            // a vacuum takes this load for stopped when its marker goes stale: never
+            // commit files that may be gone
+            if let Err(e) = marker.check_alive() {
+                stage::remove(&target, &staged).await;
+                return Err(e);
+            }
+            if let Err(e) = stage::check_present(&target, &parts).await {
+                stage::remove(&target, &staged).await;
+                return Err(e);
+            }
             let read_version = traces.version().map_or(-1, |v| v as i64);
             let committed = match ledger.append(&traces.object_store(), load_id, &fresh).await {
                 Ok(list) => {
@@ -407,9 +421,18 @@ impl<'a> Loader<'a> {
                         // the commit may have landed though the call failed (a retried
                         // write, a failed step after it): never delete what it references
                         match commit::landed(self.warehouse, read_version, load_id).await {
-                            Some(version) => committed = Ok(commit::Committed::Version(version)),
-                            None => {
+                            Ok(Some(version)) => {
+                                committed = Ok(commit::Committed::Version(version))
+                            }
+                            Ok(None) => {
                                 ledger::remove_file(&traces.object_store(), list.files.last()).await
+                            }
+                            Err(e) => {
+                                // unknown: keep every file (vacuum removes them if unused)
+                                return Err(LoadError::Maintenance(format!(
+                                    "cannot tell whether load {load_id} was committed ({e}); nothing was removed: \
+                                     run the load again (a no-op if it was) and vacuum later"
+                                )));
                             }
                         }
                     }

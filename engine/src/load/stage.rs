@@ -367,7 +367,11 @@ impl Stager {
             sweep_spills();
             self.spill_dir = Some(
                 tempfile::Builder::new()
-                    .prefix(&format!("{SPILL_PREFIX}{}-", std::process::id()))
+                    .prefix(&format!(
+                        "{SPILL_PREFIX}{}-{}-",
+                        namespace_id(),
+                        std::process::id()
+                    ))
                     .tempdir()
                     .map_err(|e| {
                         LoadError::Staging(format!("cannot create a spill folder: {e}"))
@@ -459,8 +463,22 @@ impl Stager {
     }
 }
 
-/// Name prefix of a load's spill folder, followed by the loading process's id.
+/// Name prefix of a load's spill folder, followed by the loading process's pid namespace
+/// and id.
 const SPILL_PREFIX: &str = "tracecube-load-";
+
+/// The digits of this process's pid namespace (`0` when unknown).
+fn namespace_id() -> String {
+    let digits: String = super::inflight::pid_namespace()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    if digits.is_empty() {
+        "0".into()
+    } else {
+        digits
+    }
+}
 
 /// Remove the spill folders of loads whose process is gone (killed, out of memory).
 fn sweep_spills() {
@@ -473,13 +491,17 @@ fn sweep_spills() {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        let Some(pid) = name
-            .strip_prefix(SPILL_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
+        // only folders of processes of this pid namespace: ids compare within one
+        let mut fields = name.strip_prefix(SPILL_PREFIX).unwrap_or("").split('-');
+        let (Some(namespace), Some(pid)) = (
+            fields.next(),
+            fields.next().and_then(|pid| pid.parse::<u32>().ok()),
+        ) else {
             continue;
         };
+        if !name.starts_with(SPILL_PREFIX) || namespace != namespace_id() {
+            continue;
+        }
         if pid != std::process::id() && !proc.join(pid.to_string()).exists() {
             match std::fs::remove_dir_all(entry.path()) {
                 Ok(()) => tracing::info!("removed the spill folder {name} of a load that stopped"),
@@ -664,6 +686,22 @@ async fn settle_day(
         target.remove(&part.add.path).await;
     }
     Ok((settled, dropped))
+}
+
+/// Fail unless every staged file of `parts` is still there (a vacuum that took the load
+/// for stopped would have removed them).
+pub async fn check_present(target: &Target, parts: &[(i32, Part)]) -> Result<(), LoadError> {
+    for (_, part) in parts {
+        let location =
+            Path::parse(&part.add.path).map_err(|e| LoadError::Staging(e.to_string()))?;
+        if let Err(e) = object_store::ObjectStoreExt::head(target.store.as_ref(), &location).await {
+            return Err(LoadError::Staging(format!(
+                "staged file {} is gone ({e}): was the load paused for minutes while a vacuum ran? nothing was committed",
+                part.add.path
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Staged {
