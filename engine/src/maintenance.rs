@@ -53,7 +53,7 @@ pub async fn compact_traces(warehouse: &Warehouse) -> Result<TracesCompaction, L
     let id = uuid::Uuid::now_v7().to_string();
     // vacuum keeps the merged files until they are committed
     let marker = Inflight::start(traces.object_store(), &id).await?;
-    let result = compact_marked(warehouse, traces, &id).await;
+    let result = compact_marked(warehouse, traces, &id, &marker).await;
     marker.finish().await;
     result
 }
@@ -62,6 +62,7 @@ async fn compact_marked(
     warehouse: &Warehouse,
     mut traces: DeltaTable,
     id: &str,
+    marker: &Inflight,
 ) -> Result<TracesCompaction, LoadError> {
     let before = traces.version().map_or(0, |v| v as i64);
     let mut report = TracesCompaction {
@@ -110,28 +111,30 @@ async fn compact_marked(
     let added: Vec<Part> = merged.iter().flat_map(|(_, _, p)| p.clone()).collect();
     let mut attempts = 0;
     let version = loop {
-        let read_version = traces.version().map_or(-1, |v| v as i64);
+        marker.check_alive()?;
         let committed = commit_merge(&traces, &removed, &added, id).await;
-        match committed {
+        if let Ok(Some(version)) = committed {
+            break version;
+        }
+        // the commit may have landed though the call failed (a retried write reported as
+        // a conflict): look at every commit since the compaction began
+        match crate::load::commit_with(warehouse, before, COMPACTION_KEY, |v| {
+            v.as_str() == Some(id)
+        })
+        .await
+        {
             Ok(Some(version)) => break version,
+            Ok(None) => {}
+            Err(e) => {
+                // unknown: keep every file (vacuum removes them if unused)
+                return Err(LoadError::Maintenance(format!(
+                    "cannot tell whether the compaction was committed ({e}); nothing was removed"
+                )));
+            }
+        }
+        match committed {
             Ok(None) if attempts + 1 < COMMIT_ATTEMPTS => attempts += 1,
             outcome => {
-                // the commit may have landed though the call failed
-                let landed =
-                    crate::load::commit_with(warehouse, read_version, COMPACTION_KEY, |v| {
-                        v.as_str() == Some(id)
-                    })
-                    .await;
-                match landed {
-                    Ok(Some(version)) => break version,
-                    Ok(None) => {}
-                    Err(e) => {
-                        // unknown: keep every file (vacuum removes them if unused)
-                        return Err(LoadError::Maintenance(format!(
-                            "cannot tell whether the compaction was committed ({e}); nothing was removed"
-                        )));
-                    }
-                }
                 for part in &added {
                     target.remove(&part.add.path).await;
                 }
@@ -235,8 +238,7 @@ pub async fn vacuum(warehouse: &Warehouse, retention: Duration) -> Result<Vacuum
         dirs.push(def.dir(slas));
     }
     // the work in flight anywhere in the warehouse (markers are kept next to traces)
-    let traces = warehouse.table(Table::Traces).await?;
-    let live = inflight::live(&traces.object_store()).await?;
+    let markers = warehouse.table(Table::Traces).await?.object_store();
     let mut report = VacuumReport::default();
     for dir in dirs {
         let table = match warehouse.open_dir(&dir).await {
@@ -246,7 +248,7 @@ pub async fn vacuum(warehouse: &Warehouse, retention: Duration) -> Result<Vacuum
                 continue;
             }
         };
-        let mut deleted = vacuum_table(&table, retention, &dir, &live).await?;
+        let (mut deleted, live) = vacuum_table(&table, retention, &dir, &markers).await?;
         if dir == Table::Traces.dir() {
             deleted += vacuum_ledger(warehouse, &table, retention, &live).await?;
             deleted += remove_stale_markers(&table, retention, &live).await;
@@ -262,12 +264,13 @@ pub async fn vacuum(warehouse: &Warehouse, retention: Duration) -> Result<Vacuum
 /// within it.
 pub const UNCOMMITTED_MIN_AGE: Duration = Duration::from_secs(60);
 
+/// Vacuum one table: the files deleted, and the work in flight it honoured.
 async fn vacuum_table(
     table: &DeltaTable,
     retention: Duration,
     dir: &str,
-    live: &inflight::Live,
-) -> Result<u64, LoadError> {
+    markers: &deltalake::logstore::ObjectStoreRef,
+) -> Result<(u64, inflight::Live), LoadError> {
     let error = |e: deltalake::DeltaTableError| {
         LoadError::Warehouse(WarehouseError::Delta {
             table: dir.to_string(),
@@ -290,6 +293,20 @@ async fn vacuum_table(
     let (_, removed) = plan(VacuumMode::Lite).await.map_err(error)?;
     let (_, all) = plan(VacuumMode::Full).await.map_err(error)?;
     let removed: HashSet<String> = removed.files_deleted.into_iter().collect();
+    // markers read after the listing: work that wrote a listed file and has not
+    // committed it yet is live now, or it has stopped (a paused writer finds its marker
+    // lapsed and does not commit)
+    let live = inflight::live(markers).await?;
+    // a snapshot read after the markers: files committed meanwhile are referenced
+    let mut latest = table.clone();
+    latest.update_state().await.map_err(error)?;
+    let referenced: HashSet<String> = latest
+        .snapshot()
+        .map_err(error)?
+        .log_data()
+        .iter()
+        .map(|f| f.path().to_string())
+        .collect();
     let store = table.object_store();
     let now = chrono::Utc::now();
     // a file never committed may be a writer's that has not committed yet
@@ -300,6 +317,9 @@ async fn vacuum_table(
     let mut files: Vec<object_store::path::Path> = Vec::new();
     for path in all.files_deleted {
         let location = object_store::path::Path::from(path.as_str());
+        if referenced.contains(&path) || referenced.contains(location.as_ref()) {
+            continue;
+        }
         if removed.contains(&path) {
             files.push(location);
             continue;
@@ -323,7 +343,7 @@ async fn vacuum_table(
         .try_collect()
         .await
         .map_err(|e| error(e.into()))?;
-    Ok(deleted.len() as u64)
+    Ok((deleted.len() as u64, live))
 }
 
 /// Delete the markers of processes that stopped.

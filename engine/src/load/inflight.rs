@@ -33,6 +33,9 @@ pub struct Inflight {
     heartbeat: tokio::task::JoinHandle<()>,
     /// When the marker was last written (microseconds since the epoch).
     written: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// The longest time between two writes of the marker so far (microseconds): a lapse
+    /// stays known after the heartbeat catches up.
+    lapse: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 fn marker_error(e: impl std::fmt::Display) -> LoadError {
@@ -55,8 +58,10 @@ impl Inflight {
         );
         store.put(&path, body.clone()).await.map_err(marker_error)?;
         let written = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(started));
+        let lapse = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
         let heartbeat = tokio::spawn({
-            let (store, path, written) = (store.clone(), path.clone(), written.clone());
+            let (store, path, written, lapse) =
+                (store.clone(), path.clone(), written.clone(), lapse.clone());
             async move {
                 let mut ticks = tokio::time::interval(HEARTBEAT);
                 ticks.tick().await;
@@ -64,7 +69,10 @@ impl Inflight {
                     ticks.tick().await;
                     let at = chrono::Utc::now().timestamp_micros();
                     match store.put(&path, body.clone()).await {
-                        Ok(_) => written.store(at, std::sync::atomic::Ordering::Relaxed),
+                        Ok(_) => {
+                            let last = written.swap(at, std::sync::atomic::Ordering::Relaxed);
+                            lapse.fetch_max(at - last, std::sync::atomic::Ordering::Relaxed);
+                        }
                         Err(e) => tracing::warn!("cannot refresh {path}: {e}"),
                     }
                 }
@@ -75,6 +83,7 @@ impl Inflight {
             path,
             heartbeat,
             written,
+            lapse,
         })
     }
 
@@ -83,10 +92,11 @@ impl Inflight {
     /// this work wrote may be gone.
     pub fn check_alive(&self) -> Result<(), LoadError> {
         let written = self.written.load(std::sync::atomic::Ordering::Relaxed);
-        let age = chrono::Utc::now().timestamp_micros() - written;
+        let now = chrono::Utc::now().timestamp_micros();
+        let age = (now - written).max(self.lapse.load(std::sync::atomic::Ordering::Relaxed));
         if age > (LIVE_FOR.as_micros() / 2) as i64 {
             return Err(marker_error(format!(
-                "{} was last rewritten {} s ago; a vacuum may have taken this work for stopped: nothing was committed",
+                "{} went {} s without being rewritten; a vacuum may have taken this work for stopped: nothing was committed",
                 self.path,
                 age / 1_000_000
             )));
@@ -141,11 +151,24 @@ fn process_gone(body: &[u8]) -> bool {
         return false;
     };
     let local = host();
-    let (Some(pid), Some(host)) = (marker["pid"].as_u64(), marker["host"].as_str()) else {
+    let (Some(pid), Some(host), Some(namespace)) = (
+        marker["pid"].as_u64(),
+        marker["host"].as_str(),
+        marker["pid_namespace"].as_str(),
+    ) else {
+        // a marker without its pid namespace is judged by its age alone
         return false;
     };
+    let local_namespace = pid_namespace();
     let proc = std::path::Path::new("/proc");
-    !local.is_empty() && host == local && proc.is_dir() && !proc.join(pid.to_string()).exists()
+    // process ids compare only within one host and pid namespace (containers may share a
+    // host name)
+    !local.is_empty()
+        && host == local
+        && !local_namespace.is_empty()
+        && namespace == local_namespace
+        && proc.is_dir()
+        && !proc.join(pid.to_string()).exists()
 }
 
 /// The markers on the table of `store`.

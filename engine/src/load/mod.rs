@@ -391,7 +391,8 @@ impl<'a> Loader<'a> {
             match stage::settle(&target, &mut staged, &stored).await {
                 Ok(n) => dropped += n,
                 Err(e) => {
-                    stage::remove(&target, &staged).await;
+                    self.abandon(&target, &staged, load_id, !rejected.is_empty())
+                        .await;
                     return Err(e);
                 }
             }
@@ -401,19 +402,22 @@ impl<'a> Loader<'a> {
             record.status = "committed".into();
             bar.set_message(format!("committing {} rows", record.rows_loaded));
             let parts = staged.parts();
-            // a vacuum takes this load for stopped when its marker goes stale: never
-            // commit files that may be gone
-            if let Err(e) = marker.check_alive() {
-                stage::remove(&target, &staged).await;
-                return Err(e);
-            }
             if let Err(e) = stage::check_present(&target, &parts).await {
-                stage::remove(&target, &staged).await;
+                self.abandon(&target, &staged, load_id, !rejected.is_empty())
+                    .await;
                 return Err(e);
             }
             let read_version = traces.version().map_or(-1, |v| v as i64);
             let committed = match ledger.append(&traces.object_store(), load_id, &fresh).await {
                 Ok(list) => {
+                    // a vacuum takes this load for stopped when its marker goes stale:
+                    // never commit files that may be gone (checked last before the commit)
+                    if let Err(e) = marker.check_alive() {
+                        ledger::remove_file(&traces.object_store(), list.files.last()).await;
+                        self.abandon(&target, &staged, load_id, !rejected.is_empty())
+                            .await;
+                        return Err(e);
+                    }
                     let mut committed =
                         commit::commit_traces(self.warehouse, &traces, &parts, &list, &record)
                             .await;
@@ -424,8 +428,19 @@ impl<'a> Loader<'a> {
                             Ok(Some(version)) => {
                                 committed = Ok(commit::Committed::Version(version))
                             }
-                            Ok(None) => {
+                            // another commit took the version: this one was not written
+                            Ok(None) if matches!(committed, Ok(commit::Committed::Conflict)) => {
                                 ledger::remove_file(&traces.object_store(), list.files.last()).await
+                            }
+                            Ok(None) => {
+                                // failed otherwise: it may still land (a write the store
+                                // completes late), so every file stays (vacuum removes
+                                // them if unused)
+                                let e = committed.err().map_or_else(String::new, |e| e.to_string());
+                                return Err(LoadError::Maintenance(format!(
+                                    "the commit of load {load_id} failed ({e}); its files were kept in case it lands late: \
+                                     run the load again (a no-op if it landed) and vacuum later"
+                                )));
                             }
                             Err(e) => {
                                 // unknown: keep every file (vacuum removes them if unused)
@@ -598,6 +613,21 @@ impl<'a> Loader<'a> {
 }
 
 impl Loader<'_> {
+    /// A load that will not commit: remove its staged files and, when it stored rejected
+    /// rows, those rows (a later run stores them again).
+    async fn abandon(
+        &self,
+        target: &stage::Target,
+        staged: &stage::Staged,
+        load_id: &str,
+        has_rejects: bool,
+    ) {
+        stage::remove(target, staged).await;
+        if has_rejects && let Err(e) = commit::remove_rejects(self.warehouse, load_id).await {
+            tracing::warn!("cannot remove the rejected rows of failed load {load_id}: {e}");
+        }
+    }
+
     /// Bring the cubes to the `traces` version a load committed. A failure is logged and
     /// leaves the cube stale (never used, rebuilt by the next load or `tracecube compact`):
     /// the load itself is committed.
