@@ -208,3 +208,54 @@ pub async fn live(store: &ObjectStoreRef) -> Result<Live, LoadError> {
     }
     Ok(live)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process id that no process of this machine has.
+    fn unused_pid() -> u64 {
+        (4_000_000..4_100_000u64)
+            .find(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .expect("a free process id")
+    }
+
+    fn marker(pid: u64, host: &str, namespace: Option<&str>) -> Vec<u8> {
+        let mut body = serde_json::json!({ "started": 0, "pid": pid, "host": host });
+        if let Some(ns) = namespace {
+            body["pid_namespace"] = ns.into();
+        }
+        body.to_string().into_bytes()
+    }
+
+    #[test]
+    fn a_process_is_gone_only_when_host_and_pid_namespace_are_ours() {
+        if host().is_empty() || pid_namespace().is_empty() {
+            return; // no /proc: markers are judged by age alone
+        }
+        let gone = unused_pid();
+        let (host, ns) = (host(), pid_namespace());
+        assert!(process_gone(&marker(gone, &host, Some(&ns))));
+        // another container with the same host name: its ids mean nothing here
+        assert!(!process_gone(&marker(gone, &host, Some("pid:[1]"))));
+        // a marker that does not say its namespace is judged by its age
+        assert!(!process_gone(&marker(gone, &host, None)));
+        assert!(!process_gone(&marker(gone, "another-host", Some(&ns))));
+        let alive = std::process::id() as u64;
+        assert!(!process_gone(&marker(alive, &host, Some(&ns))));
+    }
+
+    #[tokio::test]
+    async fn a_lapse_of_the_heartbeat_stays_known_after_it_catches_up() {
+        let store: ObjectStoreRef = std::sync::Arc::new(object_store::memory::InMemory::new());
+        let marker = Inflight::start(store, "test").await.unwrap();
+        marker.check_alive().unwrap();
+        // the marker was rewritten late once (a paused process), then on time again
+        let half = (LIVE_FOR.as_micros() / 2) as i64;
+        marker
+            .lapse
+            .store(half + 1, std::sync::atomic::Ordering::Relaxed);
+        assert!(marker.check_alive().is_err());
+        marker.finish().await;
+    }
+}
