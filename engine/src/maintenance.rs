@@ -93,7 +93,7 @@ async fn compact_marked(
         return Ok(report);
     }
     let target = Target::of(&traces)?;
-    let merged: Vec<(i32, Vec<(String, u64)>, Vec<Part>)> = futures::stream::iter(groups)
+    let merged: Vec<(i32, stage::StoredDay, Vec<Part>)> = futures::stream::iter(groups)
         .map(|(day, files)| {
             let target = target.clone();
             async move {
