@@ -93,7 +93,7 @@ pub async fn status(table: &DeltaTable) -> Result<CubeStatus, deltalake::DeltaTa
 }
 
 /// Parquet settings of cube files: small row groups, so that a time filter prunes well.
-fn writer_properties() -> WriterProperties {
+pub(super) fn writer_properties() -> WriterProperties {
     crate::load::writer_properties_with_row_groups(1 << 16)
 }
 
@@ -104,7 +104,7 @@ fn quoted(column: &str) -> String {
 /// `SELECT dims, measures FROM source [WHERE …] GROUP BY dims [ORDER BY time]`: from trace
 /// rows when `finer` is `None`, else re-aggregating rows of cube `finer` (partial rows of
 /// the same load, or the cube itself), whose dimensions `def` derives from.
-fn aggregate_sql(
+pub(super) fn aggregate_sql(
     def: &CubeDef,
     slas: &std::collections::BTreeMap<String, i32>,
     source: &str,
@@ -159,14 +159,18 @@ fn micros_sql(column: &str) -> String {
 }
 
 /// A session for building cubes, with the functions of expression dimensions.
-fn build_session() -> SessionContext {
+pub(super) fn build_session() -> SessionContext {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_batch_size(64 * 1024));
     let functions = tracecube_udfs::Functions::new(Default::default(), Default::default());
     ctx.register_udf(functions.path_prefix.as_ref().clone());
     ctx
 }
 
-async fn run(ctx: &SessionContext, cube: &str, sql: &str) -> Result<Vec<RecordBatch>, CubeError> {
+pub(super) async fn run(
+    ctx: &SessionContext,
+    cube: &str,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, CubeError> {
     let query = |source| CubeError::Query {
         cube: cube.to_string(),
         source: Box::new(source),
@@ -202,7 +206,7 @@ async fn newest(
 /// For a cube with a retention: the SQL filter keeping the rows of `source` it retains
 /// (those within the retention of the newest one, and not before `complete_from`, where
 /// the cube is already complete), and the instant from which it will be complete.
-async fn retained(
+pub(super) async fn retained(
     ctx: &SessionContext,
     def: &CubeDef,
     source: &str,
@@ -221,7 +225,7 @@ async fn retained(
 }
 
 /// Cast `batches` to the cube's schema (string views and nullability as stored).
-fn conform(
+pub(super) fn conform(
     def: &CubeDef,
     schema: &SchemaRef,
     batches: Vec<RecordBatch>,
@@ -247,7 +251,7 @@ fn conform(
 }
 
 /// Open the cube's table, creating it when missing.
-async fn open(warehouse: &Warehouse, def: &CubeDef) -> Result<DeltaTable, CubeError> {
+pub(super) async fn open(warehouse: &Warehouse, def: &CubeDef) -> Result<DeltaTable, CubeError> {
     let dir = def.dir(&warehouse.config().sla_seconds);
     warehouse
         .create_dir_if_missing(&dir, &def.schema(), vec![])
@@ -311,14 +315,27 @@ fn delta_error(
     move |e| CubeError::Warehouse(error(e))
 }
 
+/// The rows a load committed, as the cubes are refreshed from them.
+pub enum NewRows<'a> {
+    /// None.
+    Nothing,
+    /// The committed rows, read as a table.
+    Table(Arc<dyn TableProvider>),
+    /// The cube rows computed while the load was staged.
+    Partials(&'a mut super::partials::LoadPartials),
+}
+
 /// Bring every cube to `traces` version `after`, which a load reached from `before` by
-/// committing `new_rows` (`before_was_empty`: `traces` held no file at `before`).
+/// committing `new_rows` (`before_was_empty`: `traces` held no file at `before`). Files
+/// written before are committed only while `marker` (the load's) is live: a vacuum that
+/// took the load for stopped may have removed them.
 pub async fn refresh_after_load(
     warehouse: &Warehouse,
-    new_rows: Option<Arc<dyn TableProvider>>,
+    new_rows: NewRows<'_>,
     before: i64,
     before_was_empty: bool,
     after: i64,
+    marker: &crate::load::inflight::Inflight,
 ) -> Result<Vec<CubeRefresh>, CubeError> {
     let config = warehouse.config();
     let defs = CubeDef::all(&config.cubes)?;
@@ -326,11 +343,19 @@ pub async fn refresh_after_load(
         return Ok(Vec::new());
     }
     let ctx = build_session();
-    let no_rows = new_rows.is_none();
-    if let Some(table) = new_rows {
-        ctx.register_table("new_traces", table)
-            .expect("fresh session");
-    }
+    let mut partials = None;
+    let no_rows = match new_rows {
+        NewRows::Nothing => true,
+        NewRows::Table(table) => {
+            ctx.register_table("new_traces", table)
+                .expect("fresh session");
+            false
+        }
+        NewRows::Partials(p) => {
+            partials = Some(p);
+            false
+        }
+    };
     let mut done: Vec<(&CubeDef, u64)> = Vec::new();
     let mut report = Vec::new();
     for def in &defs {
@@ -347,6 +372,9 @@ pub async fn refresh_after_load(
                 def.name,
                 status.traces_version
             );
+            if let Some(p) = partials.as_deref_mut() {
+                p.discard(&def.name).await;
+            }
             match rebuild(warehouse, def).await {
                 Ok(r) => report.push(r),
                 Err(e) => stays_stale(def, &e),
@@ -365,6 +393,20 @@ pub async fn refresh_after_load(
             )
             .await?;
             report.push(refreshed(def, "appended", rows, after, started));
+            continue;
+        }
+        if let Some(p) = partials.as_deref_mut() {
+            let Some(rows) = p.take(&def.name, status.complete_from).await? else {
+                match rebuild(warehouse, def).await {
+                    Ok(r) => report.push(r),
+                    Err(e) => stays_stale(def, &e),
+                }
+                continue;
+            };
+            match append_files(warehouse, def, table, rows, after, marker).await {
+                Ok(written) => report.push(refreshed(def, "appended", written, after, started)),
+                Err(e) => stays_stale(def, &e),
+            }
             continue;
         }
         // The smallest cube already computed for this load that it derives from.
@@ -415,6 +457,57 @@ pub async fn refresh_after_load(
         }
     }
     Ok(report)
+}
+
+/// Append a load's cube rows (files written while it was staged, and rows still held) to
+/// the cube in one commit recording the `traces` version they bring it to. Returns the
+/// rows added.
+async fn append_files(
+    warehouse: &Warehouse,
+    def: &CubeDef,
+    table: DeltaTable,
+    rows: super::partials::CubeRows,
+    traces_version: i64,
+    marker: &crate::load::inflight::Inflight,
+) -> Result<u64, CubeError> {
+    let error = delta_error(warehouse, def);
+    let staging = |e: crate::load::LoadError| CubeError::Query {
+        cube: def.name.clone(),
+        source: Box::new(datafusion::error::DataFusionError::External(Box::new(e))),
+    };
+    let mut files = rows.files;
+    if !rows.rows.is_empty() {
+        let target =
+            crate::load::stage::Target::of_table(&table, def.schema(), vec![], writer_properties())
+                .map_err(&error)?;
+        let all = datafusion::arrow::compute::concat_batches(&def.schema(), &rows.rows)
+            .map_err(|e| staging(e.into()))?;
+        files.extend(target.write_sorted(all).await.map_err(staging)?);
+    }
+    let added = files.iter().map(|p| p.rows).sum();
+    let mut txns = vec![Transaction::new(TRACES_VERSION_TXN, traces_version)];
+    if let Some(from) = rows.complete_from {
+        txns.push(Transaction::new(COMPLETE_FROM_TXN, from));
+    }
+    let commit = CommitProperties::default().with_application_transactions(txns);
+    let snapshot = table.snapshot().map_err(&error)?;
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: None,
+        predicate: None,
+    };
+    let actions = files
+        .into_iter()
+        .map(|p| deltalake::kernel::Action::Add(p.add))
+        .collect();
+    // last: files written long ago are committed only if no vacuum may have removed them
+    marker.check_alive().map_err(staging)?;
+    CommitBuilder::from(commit)
+        .with_actions(actions)
+        .build(Some(snapshot), table.log_store(), operation)
+        .await
+        .map_err(&error)?;
+    Ok(added)
 }
 
 fn stays_stale(def: &CubeDef, e: &CubeError) {

@@ -15,6 +15,7 @@ pub mod dictionary;
 pub mod dimensions;
 pub mod measures;
 pub mod memory;
+pub mod partials;
 pub mod registry;
 pub mod rewrite;
 pub mod time_filters;

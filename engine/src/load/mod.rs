@@ -17,12 +17,12 @@ pub use commit::{checkpoint_if_due, committed_with as commit_with, is_conflict, 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::catalog::TableProvider;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use crate::cubes::build::NewRows;
 use crate::warehouse::{Warehouse, WarehouseError};
 use derive::Deriver;
 use source::Format;
@@ -343,7 +343,15 @@ impl<'a> Loader<'a> {
         let target = stage::Target::of(&traces)?;
         let budget = usize::try_from(self.warehouse.config().load_memory_mb.max(16) << 20)
             .unwrap_or(usize::MAX);
-        let mut stager = stage::Stager::new(target.clone(), budget);
+        let partials =
+            match crate::cubes::partials::LoadPartials::open(self.warehouse, budget).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("the cubes' rows will be computed after the commit: {e}");
+                    None
+                }
+            };
+        let mut stager = stage::Stager::new(target.clone(), budget).with_partials(partials);
         let mut rejected: Vec<SourceRowError> = Vec::new();
         let started = Instant::now();
         let read = self
@@ -371,7 +379,9 @@ impl<'a> Loader<'a> {
                 errors: rejected,
             });
         }
-        let mut staged = stager.finish().await?;
+        // the duplicate check against the stored contacts is made as each day is staged
+        let mut checked = stage::stored_files(&traces)?;
+        let mut staged = stager.finish(&checked).await?;
         tracing::debug!(
             "read, validated, derived and staged {} rows in {:?}",
             record.rows_read,
@@ -382,8 +392,7 @@ impl<'a> Loader<'a> {
             // stored before the rows they were rejected from, so that none is lost
             commit::write_rejects(self.warehouse, load_id, &rejected).await?;
         }
-        let mut stored = stage::stored_files(&traces)?;
-        let mut checked = stage::StoredFiles::new();
+        let mut stored = stage::StoredFiles::new();
         let mut dropped = 0;
         let mut attempts = 0;
         let version = loop {
@@ -391,7 +400,7 @@ impl<'a> Loader<'a> {
             match stage::settle(&target, &mut staged, &stored).await {
                 Ok(n) => dropped += n,
                 Err(e) => {
-                    self.abandon(&target, &staged, load_id, !rejected.is_empty())
+                    self.abandon(&target, &mut staged, load_id, !rejected.is_empty())
                         .await;
                     return Err(e);
                 }
@@ -403,7 +412,7 @@ impl<'a> Loader<'a> {
             bar.set_message(format!("committing {} rows", record.rows_loaded));
             let parts = staged.parts();
             if let Err(e) = stage::check_present(&target, &parts).await {
-                self.abandon(&target, &staged, load_id, !rejected.is_empty())
+                self.abandon(&target, &mut staged, load_id, !rejected.is_empty())
                     .await;
                 return Err(e);
             }
@@ -414,7 +423,7 @@ impl<'a> Loader<'a> {
                     // never commit files that may be gone (checked last before the commit)
                     if let Err(e) = marker.check_alive() {
                         ledger::remove_file(&traces.object_store(), list.files.last()).await;
-                        self.abandon(&target, &staged, load_id, !rejected.is_empty())
+                        self.abandon(&target, &mut staged, load_id, !rejected.is_empty())
                             .await;
                         return Err(e);
                     }
@@ -461,7 +470,7 @@ impl<'a> Loader<'a> {
                     attempts += 1;
                 }
                 Ok(commit::Committed::Conflict) => {
-                    stage::remove(&target, &staged).await;
+                    stage::remove(&target, &mut staged).await;
                     if !rejected.is_empty() {
                         commit::remove_rejects(self.warehouse, load_id).await?;
                     }
@@ -470,7 +479,7 @@ impl<'a> Loader<'a> {
                     });
                 }
                 Err(e) => {
-                    stage::remove(&target, &staged).await;
+                    stage::remove(&target, &mut staged).await;
                     if !rejected.is_empty()
                         && let Err(cleanup) = commit::remove_rejects(self.warehouse, load_id).await
                     {
@@ -491,13 +500,13 @@ impl<'a> Loader<'a> {
             let (latest, latest_ledger) = match reread {
                 Ok(read) => read,
                 Err(e) => {
-                    stage::remove(&target, &staged).await;
+                    stage::remove(&target, &mut staged).await;
                     return Err(e);
                 }
             };
             for f in &fresh {
                 if latest_ledger.contains(&latest, f).await? {
-                    stage::remove(&target, &staged).await;
+                    stage::remove(&target, &mut staged).await;
                     if !rejected.is_empty() {
                         commit::remove_rejects(self.warehouse, load_id).await?;
                     }
@@ -519,12 +528,23 @@ impl<'a> Loader<'a> {
         );
         bar.set_message("refreshing cubes");
         let parts = staged.parts();
-        let new_rows = stage::parts_table(&target, &parts);
         let was_empty = traces
             .snapshot()
             .map_or(true, |s| s.log_data().num_files() == 0);
-        self.refresh_cubes(new_rows, version - 1, was_empty, version)
+        let new_rows = match staged.partials.as_mut() {
+            _ if parts.is_empty() => NewRows::Nothing,
+            Some(partials) if partials.is_valid() => NewRows::Partials(partials),
+            _ => match stage::parts_table(&target, &parts) {
+                Some(table) => NewRows::Table(table),
+                None => NewRows::Nothing,
+            },
+        };
+        self.refresh_cubes(new_rows, version - 1, was_empty, version, marker)
             .await;
+        if let Some(partials) = staged.partials.as_mut() {
+            // files of cubes not committed (rebuilt instead, or none computed)
+            partials.remove_files().await;
+        }
         tracing::debug!("cubes refreshed at {:?}", started.elapsed());
         record.finished_at = now_micros();
         commit::record_load(self.warehouse, &record).await?;
@@ -618,7 +638,7 @@ impl Loader<'_> {
     async fn abandon(
         &self,
         target: &stage::Target,
-        staged: &stage::Staged,
+        staged: &mut stage::Staged,
         load_id: &str,
         has_rejects: bool,
     ) {
@@ -633,10 +653,11 @@ impl Loader<'_> {
     /// the load itself is committed.
     async fn refresh_cubes(
         &self,
-        rows: Option<Arc<dyn TableProvider>>,
+        rows: NewRows<'_>,
         before: i64,
         before_was_empty: bool,
         after: i64,
+        marker: &inflight::Inflight,
     ) {
         let result = if after == before + 1 {
             crate::cubes::build::refresh_after_load(
@@ -645,6 +666,7 @@ impl Loader<'_> {
                 before,
                 before_was_empty,
                 after,
+                marker,
             )
             .await
         } else {

@@ -3,10 +3,11 @@
 //! by the load's budget: when the buffered rows pass it, the days written to least
 //! recently are written out (in chronological exports: the days already complete).
 //!
-//! Each staged file holds one day's rows without repeated `contact_id`s, sorted by
-//! (channel, declaration). [`settle`] then makes each day exact: the parts of a day that
-//! was written out more than once are merged into one file, and rows whose contact is
-//! already stored for that day are dropped.
+//! Each staged file holds one day's rows without repeated `contact_id`s, neither within
+//! the load nor with the contacts stored that day when the load started, sorted by
+//! (channel, declaration); the cube rows of the load are computed from the same rows as
+//! they are written ([`LoadPartials`]). [`settle`] then makes each day exact against
+//! files committed by other loads meanwhile.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use tokio::task::JoinSet;
 use super::LoadError;
 use super::commit::writer_properties;
 use super::source::ObjectFile;
+use crate::cubes::partials::LoadPartials;
 use crate::schema::traces_schema;
 use crate::warehouse::{Table, WarehouseError};
 
@@ -40,33 +42,57 @@ pub struct Part {
     pub rows: u64,
 }
 
-/// Where a load's rows are staged, and how they are written.
+/// Where a load's rows are staged, and how they are written: files of a table that no
+/// commit references yet.
 #[derive(Clone)]
 pub struct Target {
     store: ObjectStoreRef,
     stats: WriterStatsConfig,
+    schema: SchemaRef,
+    partitions: Vec<String>,
+    properties: parquet::file::properties::WriterProperties,
 }
 
 impl Target {
-    /// Files of `traces`, written with its statistics settings.
+    /// Files of `traces` (partitioned by `day`), written with its statistics settings.
     pub fn of(traces: &DeltaTable) -> Result<Self, LoadError> {
-        let snapshot = traces.snapshot().map_err(|e| {
-            LoadError::Warehouse(WarehouseError::delta(Table::Traces, traces.table_url(), e))
-        })?;
+        let error =
+            |e| LoadError::Warehouse(WarehouseError::delta(Table::Traces, traces.table_url(), e));
+        Self::of_table(
+            traces,
+            traces_schema(),
+            vec!["day".to_string()],
+            writer_properties(),
+        )
+        .map_err(error)
+    }
+
+    /// Files of `table`, of `schema`, partitioned by `partitions`.
+    pub fn of_table(
+        table: &DeltaTable,
+        schema: SchemaRef,
+        partitions: Vec<String>,
+        properties: parquet::file::properties::WriterProperties,
+    ) -> Result<Self, deltalake::DeltaTableError> {
+        let snapshot = table.snapshot()?;
         Ok(Target {
-            store: traces.object_store(),
+            store: table.object_store(),
             stats: WriterStatsConfig::from_config(snapshot.snapshot().table_configuration()),
+            schema,
+            partitions,
+            properties,
         })
     }
 
-    async fn write_sorted(&self, rows: RecordBatch) -> Result<Vec<Part>, LoadError> {
+    /// Write `rows` (of the target's schema, in the order they are stored) as new files.
+    pub async fn write_sorted(&self, rows: RecordBatch) -> Result<Vec<Part>, LoadError> {
         if rows.num_rows() == 0 {
             return Ok(Vec::new());
         }
         let config = WriterConfig::new(
-            traces_schema(),
-            vec!["day".to_string()],
-            Some(writer_properties()),
+            Arc::clone(&self.schema),
+            self.partitions.clone(),
+            Some(self.properties.clone()),
             None,
             None,
             self.stats.num_indexed_cols,
@@ -175,6 +201,10 @@ impl Target {
     }
 }
 
+fn cube_staging(e: crate::cubes::build::CubeError) -> LoadError {
+    LoadError::Staging(format!("computing the cube rows of the load: {e}"))
+}
+
 fn staging(e: deltalake::DeltaTableError) -> LoadError {
     LoadError::Staging(e.to_string())
 }
@@ -275,12 +305,13 @@ struct Buffer {
     touched: u64,
 }
 
-/// What staging found: each day's staged files, and how many rows repeated a contact of
-/// the same day.
+/// What staging found: each day's staged files, how many rows repeated a contact of the
+/// same day (in the load or stored before), and the cube rows of the staged rows.
 #[derive(Debug, Default)]
 pub struct Staged {
     pub days: BTreeMap<i32, Vec<Part>>,
     pub repeats: u64,
+    pub partials: Option<LoadPartials>,
 }
 
 /// Gathers a load's rows per day within a memory budget, then writes each day once as
@@ -301,6 +332,8 @@ pub struct Stager {
     spill_count: u64,
     /// Files written by `finish` so far (removed when staging fails).
     written: Vec<Part>,
+    /// The cube rows of what is staged, computed as days are written.
+    partials: Option<LoadPartials>,
 }
 
 impl Stager {
@@ -317,7 +350,14 @@ impl Stager {
             spills: JoinSet::new(),
             spill_count: 0,
             written: Vec::new(),
+            partials: None,
         }
+    }
+
+    /// Compute the cube rows of the staged rows as each day is written.
+    pub fn with_partials(mut self, partials: Option<LoadPartials>) -> Self {
+        self.partials = partials;
+        self
     }
 
     /// Add derived rows (in the order they were read).
@@ -388,17 +428,23 @@ impl Stager {
     }
 
     /// Write every day once, from its spills and buffered rows, as sorted Parquet files
-    /// without repeated contacts: what was staged. On error, the files written so far are
-    /// removed.
-    pub async fn finish(mut self) -> Result<Staged, LoadError> {
-        let result = self.finish_days().await;
-        if result.is_err() {
-            self.abandon().await;
+    /// without repeated contacts, neither within the load nor with the files of `stored`
+    /// of the same day: what was staged. On error, the files written so far are removed.
+    pub async fn finish(mut self, stored: &StoredFiles) -> Result<Staged, LoadError> {
+        let result = self.finish_days(stored).await;
+        match result {
+            Ok(mut staged) => {
+                staged.partials = self.partials.take();
+                Ok(staged)
+            }
+            Err(e) => {
+                self.abandon().await;
+                Err(e)
+            }
         }
-        result
     }
 
-    async fn finish_days(&mut self) -> Result<Staged, LoadError> {
+    async fn finish_days(&mut self, stored: &StoredFiles) -> Result<Staged, LoadError> {
         while let Some(joined) = self.spills.join_next().await {
             joined.map_err(|e| LoadError::Staging(e.to_string()))??;
         }
@@ -414,13 +460,20 @@ impl Stager {
         for day in days {
             let buffered = self.days.remove(&day).map_or_else(Vec::new, |b| b.batches);
             let spilled = self.spilled.remove(&day).unwrap_or_default();
-            work.push((day, buffered, spilled));
+            let files = stored.get(&day).cloned().unwrap_or_default();
+            work.push((day, buffered, spilled, files));
         }
         let target = self.target.clone();
         let mut written = futures::stream::iter(work)
-            .map(|(day, buffered, spilled)| {
+            .map(|(day, buffered, spilled, files)| {
                 let target = target.clone();
                 async move {
+                    // the contacts already stored that day (read only for the days the
+                    // load brings: memory grows with a day, not with the table)
+                    let mut known = HashSet::new();
+                    for (path, size) in &files {
+                        known.extend(target.contact_ids(path, *size).await?);
+                    }
                     let rows = tokio::task::spawn_blocking(move || {
                         let mut batches = Vec::new();
                         for path in &spilled {
@@ -430,30 +483,40 @@ impl Stager {
                         batches.extend(buffered);
                         let rows = concat_batches(&traces_schema(), &batches)?;
                         drop(batches);
-                        distinct_sorted(&rows, None)
+                        distinct_sorted(&rows, (!known.is_empty()).then_some(&known))
                     })
                     .await
                     .map_err(|e| LoadError::Staging(e.to_string()))??;
                     let (sorted, repeats) = rows;
-                    let parts = target.write_sorted(sorted).await?;
-                    Ok::<_, LoadError>((day, parts, repeats))
+                    let parts = target.write_sorted(sorted.clone()).await?;
+                    Ok::<_, LoadError>((day, parts, repeats, sorted))
                 }
             })
             .buffer_unordered(WRITERS);
         let mut staged = Staged::default();
         while let Some(done) = written.next().await {
-            let (day, parts, repeats) = done?;
+            let (day, parts, repeats, sorted) = done?;
             self.written.extend(parts.iter().cloned());
             staged.repeats += repeats;
             if !parts.is_empty() {
                 staged.days.insert(day, parts);
             }
+            if let Some(partials) = self.partials.as_mut() {
+                partials.push(sorted).await.map_err(cube_staging)?;
+            }
+        }
+        drop(written);
+        if let Some(partials) = self.partials.as_mut() {
+            partials.flush().await.map_err(cube_staging)?;
         }
         Ok(staged)
     }
 
     /// Stop: remove what was staged.
     pub async fn abandon(&mut self) {
+        if let Some(partials) = self.partials.as_mut() {
+            partials.remove_files().await;
+        }
         self.spills.abort_all();
         while self.spills.join_next().await.is_some() {}
         for part in std::mem::take(&mut self.written) {
@@ -620,10 +683,10 @@ pub fn merge_files(mut a: StoredFiles, b: &StoredFiles) -> StoredFiles {
     a
 }
 
-/// Make each staged day exact against `stored` (files of `traces` not checked yet): a day
-/// staged in several parts is merged into one file, and rows whose contact is stored for
-/// the same day are dropped (the part rewritten). Returns how many rows were dropped;
-/// replaced staged files are removed.
+/// Make each staged day exact against `stored` (files of `traces` not checked yet): rows
+/// whose contact is stored for the same day are dropped (the part rewritten, and the cube
+/// rows computed while staging dropped). Returns how many rows were dropped; replaced
+/// staged files are removed.
 pub async fn settle(
     target: &Target,
     staged: &mut Staged,
@@ -653,6 +716,12 @@ pub async fn settle(
         } else {
             staged.days.insert(day, parts);
         }
+    }
+    if dropped > 0
+        && let Some(partials) = staged.partials.as_mut()
+    {
+        // the cube rows were computed from rows now dropped
+        partials.invalidate().await;
     }
     Ok(dropped)
 }
@@ -715,9 +784,12 @@ impl Staged {
 }
 
 /// Remove every staged file of `staged` (a load that will not commit them).
-pub async fn remove(target: &Target, staged: &Staged) {
+pub async fn remove(target: &Target, staged: &mut Staged) {
     for part in staged.days.values().flatten() {
         target.remove(&part.add.path).await;
+    }
+    if let Some(partials) = staged.partials.as_mut() {
+        partials.remove_files().await;
     }
 }
 
