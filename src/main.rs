@@ -16,6 +16,21 @@ use tracecube_engine::server::scram::Verifier;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (its position in `mi_option_t`, mimalloc.h).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// A load allocates and frees its buffers (a group of rows, a day being sorted, a cube's
+/// partial rows) over and over: freed memory kept for reuse instead of returned to the
+/// system after a second saves the kernel zeroing fresh pages (a quarter of a load's
+/// time, see benches/README.md). The load's memory stays bounded by its budget; its
+/// resident size is its high-water mark. An explicit `MIMALLOC_PURGE_DELAY` wins.
+fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a global mimalloc option (an integer), allowed at any time
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "tracecube",
@@ -141,6 +156,7 @@ fn main() -> anyhow::Result<()> {
                 on_error,
                 progress: true,
             };
+            keep_freed_memory();
             let record = runtime
                 .block_on(tracecube_engine::app::load(config, &urls, &options))
                 .map_err(|e| anyhow::anyhow!("load failed: {e}"))?;

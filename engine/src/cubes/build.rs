@@ -160,7 +160,17 @@ fn micros_sql(column: &str) -> String {
 
 /// A session for building cubes, with the functions of expression dimensions.
 pub(super) fn build_session() -> SessionContext {
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_batch_size(64 * 1024));
+    session_of(SessionConfig::new())
+}
+
+/// A session for building cubes on one thread: a load aggregates its cube rows beside
+/// the writing of its staged files, one group of days at a time, with no repartitioning.
+pub(super) fn single_thread_session() -> SessionContext {
+    session_of(SessionConfig::new().with_target_partitions(1))
+}
+
+fn session_of(config: SessionConfig) -> SessionContext {
+    let ctx = SessionContext::new_with_config(config.with_batch_size(64 * 1024));
     let functions = tracecube_udfs::Functions::new(Default::default(), Default::default());
     ctx.register_udf(functions.path_prefix.as_ref().clone());
     ctx

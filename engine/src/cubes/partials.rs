@@ -23,7 +23,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
 use super::build::{
-    CubeError, aggregate_sql, build_session, conform, open as open_cube, retained, run,
+    CubeError, aggregate_sql, conform, open as open_cube, retained, run, single_thread_session,
     writer_properties,
 };
 use super::{CubeDef, Derivation};
@@ -256,7 +256,7 @@ impl LoadPartials {
     async fn aggregate(&mut self) -> Result<(), CubeError> {
         let pending = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
-        let ctx = build_session();
+        let ctx = single_thread_session();
         let threads = ctx.state().config().target_partitions();
         let first = &self.cubes[0].def;
         ctx.register_table(
@@ -355,7 +355,7 @@ async fn merge(
     held: Vec<RecordBatch>,
     complete_from: Option<i64>,
 ) -> Result<(Vec<RecordBatch>, Option<i64>), CubeError> {
-    let ctx: SessionContext = build_session();
+    let ctx: SessionContext = single_thread_session();
     let threads = ctx.state().config().target_partitions();
     ctx.register_table(
         "held",

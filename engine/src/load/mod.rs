@@ -379,6 +379,11 @@ impl<'a> Loader<'a> {
                 errors: rejected,
             });
         }
+        tracing::debug!(
+            "read, validated and derived {} rows in {:?}",
+            record.rows_read,
+            started.elapsed()
+        );
         // the duplicate check against the stored contacts is made as each day is staged
         let mut checked = stage::stored_files(&traces)?;
         let mut staged = stager.finish(&checked).await?;

@@ -493,23 +493,55 @@ impl Stager {
                 }
             })
             .buffer_unordered(WRITERS);
+        // the cube rows are aggregated on a task of their own, beside the writes
+        let (rows_to_aggregate, mut to_aggregate) = tokio::sync::mpsc::channel::<RecordBatch>(2);
+        let aggregator = self.partials.take().map(|mut partials| {
+            tokio::spawn(async move {
+                let mut result = Ok(());
+                while let Some(rows) = to_aggregate.recv().await {
+                    result = partials.push(rows).await;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                if result.is_ok() {
+                    result = partials.flush().await;
+                }
+                (partials, result)
+            })
+        });
         let mut staged = Staged::default();
+        let mut result = Ok(());
         while let Some(done) = written.next().await {
-            let (day, parts, repeats, sorted) = done?;
+            let (day, parts, repeats, sorted) = match done {
+                Ok(done) => done,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
             self.written.extend(parts.iter().cloned());
             staged.repeats += repeats;
             if !parts.is_empty() {
                 staged.days.insert(day, parts);
             }
-            if let Some(partials) = self.partials.as_mut() {
-                partials.push(sorted).await.map_err(cube_staging)?;
+            // a closed channel means the aggregation failed: its error is read below
+            if aggregator.is_some() && rows_to_aggregate.send(sorted).await.is_err() {
+                break;
             }
         }
         drop(written);
-        if let Some(partials) = self.partials.as_mut() {
-            partials.flush().await.map_err(cube_staging)?;
+        drop(rows_to_aggregate);
+        if let Some(aggregator) = aggregator {
+            let (partials, aggregated) = aggregator
+                .await
+                .map_err(|e| LoadError::Staging(e.to_string()))?;
+            self.partials = Some(partials);
+            if result.is_ok() {
+                result = aggregated.map_err(cube_staging);
+            }
         }
-        Ok(staged)
+        result.map(|()| staged)
     }
 
     /// Stop: remove what was staged.
