@@ -1,5 +1,5 @@
 //! Tracecube data sets: the shipped taxonomies and a deterministic generator of realistic
-//! customer-contact traces (see `shared/DOMAIN.md` for the figures it reproduces).
+//! customer-contact traces (the field's figures it reproduces are checked by `datasets/tests/figures.rs`).
 
 pub mod generator;
 pub mod model;

@@ -1,5 +1,5 @@
 //! The statistical model behind the generator: who contacts, why, on which channel, and how
-//! it goes. Figures follow `shared/DOMAIN.md`; every number here is a model parameter.
+//! it goes. Figures follow the field's typical shares and rates; every number here is a model parameter.
 
 use rand::Rng;
 use rand::distr::{Distribution, weighted::WeightedIndex};

@@ -406,7 +406,15 @@ pub async fn refresh_after_load(
             continue;
         }
         if let Some(p) = partials.as_deref_mut() {
-            let Some(rows) = p.take(&def.name, status.complete_from).await? else {
+            let taken = match p.take(&def.name, status.complete_from).await {
+                Ok(taken) => taken,
+                Err(e) => {
+                    p.discard(&def.name).await;
+                    stays_stale(def, &e);
+                    continue;
+                }
+            };
+            let Some(rows) = taken else {
                 match rebuild(warehouse, def).await {
                     Ok(r) => report.push(r),
                     Err(e) => stays_stale(def, &e),

@@ -7,9 +7,10 @@
 //!   different days never share a cell, so each group's rows are final for the load.
 //! - Other cubes (no day grain, or a retention) hold their partial rows in memory, merged
 //!   whenever they double; a retention cube drops what falls out of its retention as the
-//!   load's newest instant moves. Past a quarter of the budget, a coarse cube writes its
-//!   rows out as partial rows (a cube holds partial rows; queries re-aggregate them), and a
-//!   retention cube gives up: it is rebuilt from `traces` after the commit.
+//!   load's newest instant moves. Past a quarter of the budget (for the held cubes
+//!   together), a coarse cube writes its rows out as partial rows (a cube holds partial
+//!   rows; queries re-aggregate them), and a retention cube gives up: it is rebuilt from
+//!   `traces` after the commit.
 //!
 //! When the load's rows change after they were aggregated (another load committed some of
 //! the same contacts meanwhile), the partials are dropped ([`LoadPartials::invalidate`])
@@ -224,18 +225,15 @@ impl LoadPartials {
             }
             return Ok(None);
         }
-        let files = std::mem::take(&mut cube.files);
         let held = std::mem::take(&mut cube.held);
-        if held.is_empty() {
-            return Ok(Some(CubeRows {
-                files,
-                rows: Vec::new(),
-                complete_from,
-            }));
-        }
-        let (rows, complete_from) = merge(&cube.def, &self.slas, held, complete_from).await?;
+        let (rows, complete_from) = if held.is_empty() {
+            (Vec::new(), complete_from)
+        } else {
+            // on error the files stay listed, for `discard` to remove
+            merge(&cube.def, &self.slas, held, complete_from).await?
+        };
         Ok(Some(CubeRows {
-            files,
+            files: std::mem::take(&mut cube.files),
             rows,
             complete_from,
         }))
@@ -312,6 +310,15 @@ impl LoadPartials {
     /// Merge the rows held for cube `i` into one row per cell (within the retention); past
     /// the cap, write them out (or, for a retention cube, give up on it).
     async fn merge_held(&mut self, i: usize) -> Result<(), CubeError> {
+        // the cap is for the rows of every held cube together
+        let others: usize = self
+            .cubes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(_, c)| &c.held)
+            .map(RecordBatch::get_array_memory_size)
+            .sum();
         let cube = &mut self.cubes[i];
         let held = std::mem::take(&mut cube.held);
         let (merged, _) = merge(&cube.def, &self.slas, held, None).await?;
@@ -319,7 +326,7 @@ impl LoadPartials {
         let bytes: usize = merged.iter().map(RecordBatch::get_array_memory_size).sum();
         cube.merged_rows = rows;
         cube.held_rows = rows;
-        if bytes <= self.held_cap {
+        if bytes + others <= self.held_cap {
             cube.held = merged;
             return Ok(());
         }

@@ -201,10 +201,6 @@ impl Target {
     }
 }
 
-fn cube_staging(e: crate::cubes::build::CubeError) -> LoadError {
-    LoadError::Staging(format!("computing the cube rows of the load: {e}"))
-}
-
 fn staging(e: deltalake::DeltaTableError) -> LoadError {
     LoadError::Staging(e.to_string())
 }
@@ -496,7 +492,7 @@ impl Stager {
         // the cube rows are aggregated on a task of their own, beside the writes
         let (rows_to_aggregate, mut to_aggregate) = tokio::sync::mpsc::channel::<RecordBatch>(2);
         let aggregator = self.partials.take().map(|mut partials| {
-            tokio::spawn(async move {
+            AbortOnDrop(tokio::spawn(async move {
                 let mut result = Ok(());
                 while let Some(rows) = to_aggregate.recv().await {
                     result = partials.push(rows).await;
@@ -508,7 +504,7 @@ impl Stager {
                     result = partials.flush().await;
                 }
                 (partials, result)
-            })
+            }))
         });
         let mut staged = Staged::default();
         let mut result = Ok(());
@@ -532,13 +528,19 @@ impl Stager {
         }
         drop(written);
         drop(rows_to_aggregate);
-        if let Some(aggregator) = aggregator {
-            let (partials, aggregated) = aggregator
-                .await
-                .map_err(|e| LoadError::Staging(e.to_string()))?;
-            self.partials = Some(partials);
-            if result.is_ok() {
-                result = aggregated.map_err(cube_staging);
+        if let Some(mut aggregator) = aggregator {
+            // the cubes are not the load: when their rows could not be computed, they
+            // are computed from the committed rows instead
+            match (&mut aggregator.0).await {
+                Ok((partials, Ok(()))) => self.partials = Some(partials),
+                Ok((mut partials, Err(e))) => {
+                    tracing::warn!("the cubes' rows will be computed after the commit: {e}");
+                    partials.invalidate().await;
+                    self.partials = Some(partials);
+                }
+                Err(e) => tracing::warn!(
+                    "the cubes' rows will be computed after the commit (their task failed: {e})"
+                ),
             }
         }
         result.map(|()| staged)
@@ -555,6 +557,16 @@ impl Stager {
             self.target.remove(&part.add.path).await;
         }
         self.spill_dir = None;
+    }
+}
+
+/// A task stopped when its handle is dropped (a load dropped mid-way stops computing its
+/// cube rows).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
