@@ -8,5 +8,6 @@ mod cli;
 mod cubes;
 mod functions;
 mod load;
+mod s3;
 mod server;
 mod sql;

@@ -3,6 +3,7 @@
 
 mod access;
 mod clients;
+mod copy_from;
 
 use std::collections::BTreeMap;
 

@@ -69,6 +69,9 @@ pub struct Config {
     /// Locations external tables may read (`s3://bucket/prefix`, `/srv/shared/data`),
     /// admins only; none: no external table.
     pub external_locations: Vec<String>,
+    /// Locations `COPY traces FROM` may read (`s3://bucket/exports`, `/srv/exports`), for
+    /// loaders and admins; none: no load through SQL. Never inside the warehouse.
+    pub load_locations: Vec<String>,
     /// Memory all queries of the server may use together (DataFusion's memory pool, fairly
     /// shared, spilling to disk where an operator can); 0: no limit.
     pub memory_limit_mb: u64,
@@ -332,6 +335,7 @@ impl Default for Config {
             tls_only: false,
             export_dir: None,
             external_locations: Vec::new(),
+            load_locations: Vec::new(),
             memory_limit_mb: 8192,
             load_memory_mb: 1024,
             statement_timeout: 0,
@@ -373,7 +377,8 @@ impl Config {
     /// `TRACECUBE_CUBES_<NAME>` (`dim, dim, …[; retention <duration>]`, or `off` to drop the
     /// cube; `TRACECUBE_CUBES_ALL=off` drops them all), `TRACECUBE_STORAGE_<KEY>`,
     /// `TRACECUBE_MAX_CONNECTIONS`, `TRACECUBE_MEMORY_LIMIT_MB`, `TRACECUBE_STATEMENT_TIMEOUT`,
-    /// `TRACECUBE_HTTP_LISTEN`, `TRACECUBE_EXPORT_DIR`, `TRACECUBE_EXTERNAL_LOCATIONS`
+    /// `TRACECUBE_HTTP_LISTEN`, `TRACECUBE_EXPORT_DIR`, `TRACECUBE_EXTERNAL_LOCATIONS`,
+    /// `TRACECUBE_LOAD_LOCATIONS`
     /// (comma-separated), `TRACECUBE_TLS_CERT`, `TRACECUBE_TLS_KEY`, `TRACECUBE_TLS_ONLY`
     /// and `TRACECUBE_USERS_<NAME>` (`<role>:<verifier>`).
     pub fn apply_env(
@@ -413,6 +418,14 @@ impl Config {
                 "EXPORT_DIR" => self.export_dir = Some(value).filter(|v| !v.is_empty()),
                 "EXTERNAL_LOCATIONS" => {
                     self.external_locations = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }
+                "LOAD_LOCATIONS" => {
+                    self.load_locations = value
                         .split(',')
                         .map(str::trim)
                         .filter(|l| !l.is_empty())

@@ -11,6 +11,7 @@ pub mod load;
 pub mod maintenance;
 pub mod schema;
 pub mod server;
+pub mod storage;
 pub mod system;
 pub mod warehouse;
 pub mod weights;

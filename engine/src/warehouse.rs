@@ -114,11 +114,15 @@ impl Warehouse {
     pub async fn open(config: Config) -> Result<Self, WarehouseError> {
         config.validate()?;
         let root = root_url(&config.warehouse)?;
-        let storage_options = config
-            .storage
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        crate::storage::register_with_delta();
+        let storage_options = crate::storage::options(&config.storage);
+        // a bad option or location is an error here, naming it, not at the first query
+        crate::storage::store_for(&root, &storage_options).map_err(|e| {
+            WarehouseError::Location {
+                location: config.warehouse.clone(),
+                message: e.to_string(),
+            }
+        })?;
         let warehouse = Warehouse {
             config: Arc::new(config),
             root,
@@ -215,6 +219,11 @@ impl Warehouse {
     /// The warehouse's root URL.
     pub fn root(&self) -> &Url {
         &self.root
+    }
+
+    /// The options of its object stores (and of the stores sources are read from).
+    pub fn storage_options(&self) -> &HashMap<String, String> {
+        &self.storage_options
     }
 
     /// URL of a table's folder.
@@ -368,6 +377,21 @@ impl Warehouse {
 
 /// Key of the time zone the stored values were derived in, in the `traces` configuration.
 pub const TIME_ZONE_KEY: &str = "tracecube.time_zone";
+/// Commits (loads) this process made: a snapshot taken before the count changed is
+/// read again at once, not after its second of freshness, so the next statement of a
+/// session sees what its `COPY … FROM` committed.
+static LOCAL_COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many loads this process has finished (committed or not).
+pub fn local_commits() -> u64 {
+    LOCAL_COMMITS.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// A load of this process finished.
+pub(crate) fn note_local_commit() {
+    LOCAL_COMMITS.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+}
+
 /// Key of the hourly costs `effort` was computed with, in the `traces` configuration.
 pub const HOURLY_COST_KEY: &str = "tracecube.hourly_cost";
 

@@ -102,10 +102,15 @@ impl TestWarehouse {
 
 /// Channel counts of generated traces, computed from the generator itself.
 pub fn generated_channel_counts(rows: u64, seed: u64) -> BTreeMap<String, i64> {
+    generated_channel_counts_in(rows, seed, 2)
+}
+
+/// Channel counts of `rows` traces generated with `seed` into `files` files.
+pub fn generated_channel_counts_in(rows: u64, seed: u64, files: u64) -> BTreeMap<String, i64> {
     let opts = GenOptions {
         rows,
         seed,
-        chunk_rows: rows.div_ceil(2).max(1),
+        chunk_rows: rows.div_ceil(files).max(1),
         ..Default::default()
     };
     let mut counts = BTreeMap::new();

@@ -58,6 +58,8 @@ pub struct LiveTable {
 #[derive(Debug)]
 struct Current {
     checked: Instant,
+    /// [`crate::warehouse::local_commits`] when checked.
+    commits: u64,
     delta: deltalake::DeltaTable,
     provider: Arc<dyn TableProvider>,
 }
@@ -73,6 +75,7 @@ impl LiveTable {
             schema: provider.schema(),
             current: Mutex::new(Current {
                 checked: Instant::now(),
+                commits: crate::warehouse::local_commits(),
                 delta,
                 provider,
             }),
@@ -86,7 +89,8 @@ impl LiveTable {
 
     async fn provider(&self) -> Result<Arc<dyn TableProvider>> {
         let mut current = self.current.lock().await;
-        if current.checked.elapsed() >= FRESHNESS {
+        let commits = crate::warehouse::local_commits();
+        if current.checked.elapsed() >= FRESHNESS || current.commits != commits {
             let external = |e: deltalake::DeltaTableError| {
                 DataFusionError::External(Box::new(self.warehouse.delta_error(self.table)(e)))
             };
@@ -102,6 +106,7 @@ impl LiveTable {
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
             }
             current.checked = Instant::now();
+            current.commits = commits;
         }
         Ok(current.provider.clone())
     }
@@ -180,13 +185,18 @@ pub fn connection_session(shared: &SessionContext) -> SessionContext {
 /// The runtime of the server's queries: a memory pool of `limit_mb` (0: none) fairly
 /// shared by the queries running at once, operators that can (sorts, aggregations) spilling
 /// to temporary files; a query that needs more fails alone with SQLSTATE `53200`.
-/// Every object store counts the bytes it returns into `bytes_scanned`.
+/// Every object store counts the bytes it returns into `bytes_scanned`; the store of a
+/// bucket is created the first time it is read (external tables).
 fn runtime(
     limit_mb: u64,
     bytes_scanned: prometheus_client::metrics::counter::Counter,
+    storage_options: std::collections::HashMap<String, String>,
 ) -> Result<Arc<RuntimeEnv>, WarehouseError> {
-    let mut builder = RuntimeEnvBuilder::new()
-        .with_object_store_registry(Arc::new(CountingRegistry::new(bytes_scanned)));
+    let registry = crate::storage::CloudRegistry::wrapping(
+        CountingRegistry::new(bytes_scanned),
+        storage_options,
+    );
+    let mut builder = RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(registry));
     if limit_mb > 0 {
         let bytes = usize::try_from(limit_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         // the error of a query past the limit names its largest consumers
@@ -233,6 +243,7 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
         .with_runtime_env(runtime(
             warehouse.config().memory_limit_mb,
             metrics.bytes_scanned.clone(),
+            warehouse.storage_options().clone(),
         )?)
         .with_default_features()
         .with_optimizer_rules(rules)

@@ -73,6 +73,8 @@ impl CubeSnapshot {
 /// Delta handles kept between refreshes.
 struct Handles {
     checked: Option<Instant>,
+    /// [`crate::warehouse::local_commits`] when checked.
+    commits: u64,
     traces: Option<DeltaTable>,
     cubes: Vec<Option<DeltaTable>>,
 }
@@ -96,6 +98,11 @@ impl std::fmt::Debug for CubeRegistry {
 }
 
 impl CubeRegistry {
+    /// The warehouse whose cubes these are.
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
+    }
+
     /// Where `cube`'s table is stored.
     pub fn location(&self, cube: &ServedCube) -> String {
         self.warehouse.dir_url(&cube.dir).to_string()
@@ -108,6 +115,7 @@ impl CubeRegistry {
             warehouse: warehouse.clone(),
             handles: Mutex::new(Handles {
                 checked: None,
+                commits: 0,
                 traces: None,
                 cubes: vec![None; defs.len()],
             }),
@@ -148,9 +156,11 @@ impl CubeRegistry {
     /// memory the cubes held at the same version that still fit; whether it was checked.
     async fn read_versions(&self) -> Result<bool, WarehouseError> {
         let mut handles = self.handles.lock().await;
-        if handles.checked.is_some_and(|t| t.elapsed() < FRESHNESS) {
+        let commits = crate::warehouse::local_commits();
+        if handles.checked.is_some_and(|t| t.elapsed() < FRESHNESS) && handles.commits == commits {
             return Ok(false);
         }
+        handles.commits = commits;
         let traces_version = match &mut handles.traces {
             Some(t) => latest(t, &self.warehouse, "traces").await?,
             slot @ None => {

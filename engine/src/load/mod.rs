@@ -232,9 +232,15 @@ pub struct Loader<'a> {
 impl<'a> Loader<'a> {
     /// A loader for `warehouse`.
     pub fn new(warehouse: &'a Warehouse) -> Self {
+        // sources on object stores are read with the warehouse's storage options
+        let registry = crate::storage::CloudRegistry::new(warehouse.storage_options().clone());
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_object_store_registry(std::sync::Arc::new(registry))
+            .build_arc()
+            .expect("a runtime without limits builds");
         Loader {
             warehouse,
-            ctx: SessionContext::new(),
+            ctx: SessionContext::new_with_config_rt(Default::default(), runtime),
         }
     }
 
@@ -258,6 +264,7 @@ impl<'a> Loader<'a> {
             .run_marked(&marker, &load_id, started_at, urls, options)
             .await;
         marker.finish().await;
+        crate::warehouse::note_local_commit();
         result
     }
 

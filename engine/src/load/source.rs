@@ -329,7 +329,7 @@ pub async fn resolve(
 ) -> Result<Vec<SourceFile>, LoadError> {
     let mut files = Vec::new();
     for raw in urls {
-        let url = ListingTableUrl::parse(raw).map_err(|e| LoadError::BadUrl {
+        let url = listing_url(raw).map_err(|e| LoadError::BadUrl {
             url: raw.clone(),
             message: e.to_string(),
         })?;
@@ -386,6 +386,54 @@ pub async fn resolve(
     Ok(files)
 }
 
+/// `raw` as a listing: DataFusion reads globs in local paths only; in an object-store URL
+/// (`s3://bucket/exports/2026-11-*.parquet`) the part from the folder holding the first
+/// `*`, `?` or `[` on is the pattern.
+fn listing_url(raw: &str) -> datafusion::error::Result<ListingTableUrl> {
+    let Ok(url) = url::Url::parse(raw) else {
+        return ListingTableUrl::parse(raw);
+    };
+    if url.scheme() == "file" || !crate::storage::is_cloud(&url) {
+        return ListingTableUrl::parse(raw);
+    }
+    let after_authority = raw.find("://").map_or(0, |i| i + 3);
+    let first_glob = raw[after_authority..]
+        .find(['*', '?', '['])
+        .map(|i| i + after_authority);
+    let Some(first_glob) = first_glob else {
+        return ListingTableUrl::parse(raw);
+    };
+    let folder_end = raw[..first_glob].rfind('/').map_or(first_glob, |i| i + 1);
+    if folder_end <= after_authority {
+        return Err(datafusion::error::DataFusionError::Plan(
+            "a glob in the bucket name".into(),
+        ));
+    }
+    let pattern = glob::Pattern::new(&raw[folder_end..])
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    let folder = url::Url::parse(&raw[..folder_end])
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    ListingTableUrl::try_new(folder, Some(pattern))
+}
+
 fn absolute(path: &object_store::path::Path) -> String {
     format!("/{}", path.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_in_object_store_urls_are_patterns_under_their_folder() {
+        let url = listing_url("s3://b/exports/2026-11-*.parquet").unwrap();
+        assert_eq!(url.prefix().as_ref(), "exports");
+        let p = |s: &str| object_store::path::Path::from(s);
+        assert!(url.contains(&p("exports/2026-11-02.parquet"), true));
+        assert!(!url.contains(&p("exports/2026-12-02.parquet"), true));
+        assert!(!url.contains(&p("other/2026-11-02.parquet"), true));
+        let plain = listing_url("s3://b/exports/").unwrap();
+        assert!(plain.is_collection());
+        assert!(listing_url("s3://b*/x").is_err());
+    }
 }

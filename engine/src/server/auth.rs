@@ -93,7 +93,11 @@ impl Access {
             users,
             tls,
             tls_only: config.requires_tls(),
-            locations: Locations::new(config.export_dir.as_deref(), &config.external_locations)?,
+            locations: Locations::new(
+                config.export_dir.as_deref(),
+                &config.external_locations,
+                &config.load_locations,
+            )?,
             statement_timeout_ms: config.statement_timeout,
             pids: RandomPidSecretKeyGenerator::default(),
         })

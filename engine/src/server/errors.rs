@@ -75,3 +75,24 @@ pub fn forbidden(refusal: Forbidden) -> PgWireError {
         refusal.to_string(),
     )))
 }
+
+/// An `ERROR` with SQLSTATE `code`.
+pub fn user_error(code: &str, message: impl Into<String>) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".into(),
+        code.into(),
+        message.into(),
+    )))
+}
+
+/// The SQLSTATE of a failed `COPY … FROM`: PostgreSQL's for a missing file (`58P01`), a
+/// bad source (`22P04`, bad_copy_file_format), a concurrent commit (`40001`).
+pub fn load_sqlstate(error: &crate::load::LoadError) -> &'static str {
+    use crate::load::LoadError::*;
+    match error {
+        BadUrl { .. } | NoFiles { .. } => "58P01",
+        UnknownFormat { .. } | Read { .. } | MissingColumns { .. } | BadRows { .. } => "22P04",
+        Contended { .. } => "40001",
+        _ => "XX000",
+    }
+}

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::prelude::SessionContext;
 pub mod auth;
+pub mod copy_from;
 pub mod errors;
 pub mod http;
 pub mod metrics;

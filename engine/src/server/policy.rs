@@ -65,6 +65,8 @@ const DEFAULT_SCHEMA: &str = "public";
 pub struct Locations {
     export_dir: Option<PathBuf>,
     external: Vec<Place>,
+    /// Where `COPY traces FROM` may read (loaders and admins).
+    load: Vec<Place>,
 }
 
 /// A local folder (resolved, symbolic links followed) or an object-store prefix.
@@ -150,7 +152,11 @@ fn resolve(path: &Path) -> PathBuf {
 
 impl Locations {
     /// The configured places; an error names one that cannot be used.
-    pub fn new(export_dir: Option<&str>, external: &[String]) -> Result<Self, String> {
+    pub fn new(
+        export_dir: Option<&str>,
+        external: &[String],
+        load: &[String],
+    ) -> Result<Self, String> {
         let export_dir = match export_dir {
             None => None,
             Some(dir) => {
@@ -168,9 +174,16 @@ impl Locations {
                 Place::of(l).ok_or_else(|| format!("external location {l:?} is not a path or URL"))
             })
             .collect::<Result<_, _>>()?;
+        let load = load
+            .iter()
+            .map(|l| {
+                Place::of(l).ok_or_else(|| format!("load location {l:?} is not a path or URL"))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Locations {
             export_dir,
             external,
+            load,
         })
     }
 
@@ -179,6 +192,16 @@ impl Locations {
             return false;
         };
         Place::of(target).is_some_and(|t| t.within(&Place::Local(dir.clone())))
+    }
+
+    /// Whether `COPY traces FROM` may read `source`: inside a load location, never inside
+    /// the warehouse `root` (its own files).
+    fn may_load(&self, source: &str, root: &url::Url) -> bool {
+        let Some(place) = Place::of(source) else {
+            return false;
+        };
+        let inside_warehouse = Place::of(root.as_str()).is_none_or(|r| place.within(&r));
+        !inside_warehouse && self.load.iter().any(|base| place.within(base))
     }
 
     fn may_read(&self, location: &str) -> bool {
@@ -226,6 +249,47 @@ impl Policy<'_> {
         }
     }
 
+    /// Whether `COPY <table> FROM '<source>'` may run: a loader or an admin, loading
+    /// `traces`, from inside one of `load_locations` and not from the warehouse at `root`.
+    pub fn check_copy_from(
+        &self,
+        table: &[String],
+        source: &str,
+        root: &Url,
+    ) -> Result<(), Forbidden> {
+        self.requires(Role::Loader, "COPY … FROM")?;
+        let name = match table {
+            [t] => TableReference::bare(t.as_str()),
+            [s, t] => TableReference::partial(s.as_str(), t.as_str()),
+            [c, s, t] => TableReference::full(c.as_str(), s.as_str(), t.as_str()),
+            _ => {
+                return Err(Forbidden(format!(
+                    "COPY … FROM: no table {}",
+                    table.join(".")
+                )));
+            }
+        };
+        if name.table() != "traces" || !self.is_shared(&name) {
+            return Err(Forbidden(format!(
+                "COPY … FROM loads only traces, not {}",
+                table.join(".")
+            )));
+        }
+        if self.locations.may_load(source, root) {
+            Ok(())
+        } else {
+            Err(Forbidden(format!(
+                "COPY traces FROM '{source}' would read outside the load locations: SQL reads \
+                 only from the locations the server's configuration lists in load_locations{}",
+                if self.locations.load.is_empty() {
+                    " (none configured: loads go through `tracecube load`)"
+                } else {
+                    ""
+                }
+            )))
+        }
+    }
+
     /// Whether the parsed statement may run: the checks that need the SQL text (a `SET`
     /// is answered by the server before DataFusion plans it).
     pub fn check_statement(&self, statement: &ast::Statement) -> Result<(), Forbidden> {
@@ -242,6 +306,10 @@ impl Policy<'_> {
             ast::Statement::Reset(ast::ResetStatement {
                 reset: ast::Reset::ConfigurationParameter(name),
             }) => check_setting(&name.to_string(), None),
+            // a COPY … FROM the server runs is sent alone (see `copy_from`)
+            ast::Statement::Copy { to: false, .. } => Err(Forbidden(
+                "COPY … FROM must be sent as a statement of its own".into(),
+            )),
             _ => Ok(()),
         }
     }

@@ -30,7 +30,7 @@ use futures::SinkExt;
 use futures::{Sink, StreamExt};
 
 use super::auth::{Access, Identity};
-use super::errors::{forbidden, with_sqlstate};
+use super::errors::{forbidden, load_sqlstate, user_error, with_sqlstate};
 use super::policy::Policy;
 use super::settings::SettingsHook;
 use crate::catalog::settings::TracecubeOptions;
@@ -520,6 +520,53 @@ impl QueryHandler {
         result
     }
 
+    /// `COPY traces FROM …`: checked (role, table, location), run as a load of the
+    /// warehouse, logged, answered `COPY <rows loaded>`; cancelled with the query (the
+    /// load then commits nothing).
+    async fn copy_from<C: ClientInfo>(
+        &self,
+        client: &C,
+        query: &str,
+        copy: Result<super::copy_from::CopyFrom, (&'static str, String)>,
+    ) -> PgWireResult<Response> {
+        let identity = identity(client)?;
+        let (scope, pending) = self.begin(client, query).await;
+        let copy = match copy {
+            Ok(copy) => copy,
+            Err((code, message)) => {
+                return Err(self.refuse(pending, &scope, user_error(code, message)));
+            }
+        };
+        let warehouse = self.cubes.warehouse().clone();
+        let defaults = self.defaults();
+        let checked = self.policy(&identity, &defaults).check_copy_from(
+            &copy.table,
+            &copy.source,
+            warehouse.root(),
+        );
+        if let Err(refusal) = checked {
+            return Err(self.refuse(pending, &scope, forbidden(refusal)));
+        }
+        let stop = interrupt(client).await;
+        let load = async {
+            let record = crate::load::Loader::new(&warehouse)
+                .load(std::slice::from_ref(&copy.source), &copy.options())
+                .await
+                .map_err(|e| user_error(load_sqlstate(&e), e.to_string()))?;
+            // the rows are visible to the next statement of every connection
+            if let Err(e) = self.cubes.refresh().await {
+                tracing::warn!("after COPY: the cubes and traces snapshot were not refreshed: {e}");
+            }
+            tracing::info!("COPY by {}: {}", identity.user, record.summary_line());
+            Ok(vec![Response::Execution(
+                Tag::new("COPY").with_rows(record.rows_loaded as usize),
+            )])
+        };
+        let mut result = unless(&stop, load).await;
+        Self::finish(&scope, pending, &mut result);
+        result.map(|mut r| r.remove(0))
+    }
+
     /// A statement that does not run: logged, and answered with `error`.
     fn refuse(&self, pending: Pending, scope: &QueryScope, error: PgWireError) -> PgWireError {
         tracing::info!("not run: {error}");
@@ -620,6 +667,9 @@ impl SimpleQueryHandler for QueryHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         identity(client)?;
+        if let Some(copy) = super::copy_from::parse(query) {
+            return self.copy_from(client, query, copy).await.map(|r| vec![r]);
+        }
         let statements = self
             .parser
             .parse(query)
@@ -765,6 +815,11 @@ impl ExtendedQueryHandler for QueryHandler {
     {
         let identity = identity(client)?;
         let query = &portal.statement.statement.0;
+        if portal.statement.statement.1.is_none()
+            && let Some(copy) = super::copy_from::parse(query)
+        {
+            return self.copy_from(client, query, copy).await;
+        }
         let (mut scope, pending) = self.begin(client, query).await;
         if let (_, Some((statement, plan))) = &portal.statement.statement {
             let checked = match statement {
@@ -871,6 +926,11 @@ impl QueryParser for OneStatement {
         C: ClientInfo + Unpin + Send + Sync,
     {
         identity(client)?;
+        // answered by the server itself, with no rows (see `copy_from`)
+        if let Some(copy) = super::copy_from::parse(sql) {
+            copy.map_err(|(code, message)| user_error(code, message))?;
+            return Ok(Some((sql.to_string(), None)));
+        }
         let count = self.parser.parse(sql).map_or(0, |s| s.len());
         if count > 1 {
             return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
