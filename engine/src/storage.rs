@@ -108,10 +108,11 @@ pub fn store_for(
         message,
     };
     let path = Path::from_url_path(url.path()).map_err(|e| open(e.to_string()))?;
+    let retry = retry_config(options)?;
     // `deltalake` passes its own runtime options through: they are not the store's
     let options = options
         .iter()
-        .filter(|(k, _)| !is_delta_option(k))
+        .filter(|(k, _)| !is_delta_option(k) && !RETRY_OPTIONS.contains(&k.as_str()))
         .collect::<Vec<_>>();
     let store: Arc<dyn ObjectStore> = match url.scheme() {
         // the options are those of the object stores sources may be read from
@@ -119,7 +120,7 @@ pub fn store_for(
         "s3" | "s3a" => {
             use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
             let builder = configured!(
-                AmazonS3Builder::from_env(),
+                AmazonS3Builder::from_env().with_retry(retry.clone()),
                 AmazonS3ConfigKey,
                 url.scheme(),
                 options.iter().map(|(k, v)| (k.to_string(), *v))
@@ -134,7 +135,7 @@ pub fn store_for(
         "gs" => {
             use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
             let builder = configured!(
-                GoogleCloudStorageBuilder::from_env(),
+                GoogleCloudStorageBuilder::from_env().with_retry(retry.clone()),
                 GoogleConfigKey,
                 url.scheme(),
                 options.iter().map(|(k, v)| (k.to_string(), *v))
@@ -149,7 +150,7 @@ pub fn store_for(
         "az" | "azure" | "abfs" | "abfss" => {
             use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
             let builder = configured!(
-                MicrosoftAzureBuilder::from_env(),
+                MicrosoftAzureBuilder::from_env().with_retry(retry.clone()),
                 AzureConfigKey,
                 url.scheme(),
                 options.iter().map(|(k, v)| (k.to_string(), *v))
@@ -170,10 +171,37 @@ pub fn store_for(
     Ok((store, path))
 }
 
+/// Options of the retries of requests to an object store: how many times a failed request
+/// is retried (`max_retries`, default 10) and for how long at most (`retry_timeout`, e.g.
+/// `"30s"`, default 3 minutes), with exponential backoff.
+pub const RETRY_OPTIONS: [&str; 2] = ["max_retries", "retry_timeout"];
+
+fn retry_config(
+    options: &HashMap<String, String>,
+) -> Result<object_store::RetryConfig, StorageError> {
+    let mut retry = object_store::RetryConfig::default();
+    let invalid = |key: &str, value: &str, reason: String| StorageError::Open {
+        url: format!("storage option {key} = {value:?}"),
+        message: reason,
+    };
+    if let Some(value) = options.get("max_retries") {
+        retry.max_retries = value
+            .trim()
+            .parse()
+            .map_err(|e: std::num::ParseIntError| invalid("max_retries", value, e.to_string()))?;
+    }
+    if let Some(value) = options.get("retry_timeout") {
+        let seconds = crate::config::parse_duration("storage.retry_timeout", value)
+            .map_err(|e| invalid("retry_timeout", value, e.to_string()))?;
+        retry.retry_timeout = std::time::Duration::from_secs(seconds.max(0) as u64);
+    }
+    Ok(retry)
+}
+
 /// Options `deltalake` reads itself (its I/O runtime, retries, limits), not a store's.
 fn is_delta_option(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    key.starts_with("delta_") || key.starts_with("max_retries") || key.starts_with("retry_")
+    key.starts_with("delta_")
 }
 
 struct DeltaStores;
@@ -302,7 +330,7 @@ mod tests {
     fn an_unknown_option_is_an_error_naming_it() {
         let url = Url::parse("s3://bucket/prefix/").unwrap();
         let options = HashMap::from([("endpiont".to_string(), "http://x".to_string())]);
-        let e = store_for(&url, &options).err().expect("an error");
+        let e = store_for(&url, &options).expect_err("an error");
         assert!(e.to_string().contains("\"endpiont\""), "{e}");
         let options = HashMap::from([
             ("endpoint".to_string(), "http://127.0.0.1:1".to_string()),

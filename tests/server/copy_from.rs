@@ -116,10 +116,25 @@ async fn copy_from_csv_fails_whole_or_quarantines_bad_rows() {
          c3,u1,2026-03-02T10:00:00Z,email,Billing/Refund\n",
     )
     .unwrap();
+    // a load location holding the warehouse, and a link from the exports to it
+    std::os::unix::fs::symlink(wh.path("warehouse"), exports.join("link")).unwrap();
     let mut config = wh.config();
-    config.load_locations = vec![exports.display().to_string()];
+    config.load_locations = vec![wh.dir.path().display().to_string()];
     let server = TestServer::start(config).await;
     let client = server.connect().await;
+    for refused in [
+        format!("COPY traces FROM '{}/w*'", wh.dir.path().display()),
+        format!(
+            "COPY traces FROM '{}/lin[k]' WITH (FORMAT json)",
+            exports.display()
+        ),
+        format!("COPY traces FROM '{}/link/traces/'", exports.display()),
+        format!("COPY traces FROM 'file:{}'", csv.display()),
+        format!("COPY traces FROM '{}	'", csv.display()),
+    ] {
+        assert_eq!(sqlstate(&client, &refused).await, "42501", "{refused}");
+    }
+    std::fs::remove_file(exports.join("link")).unwrap();
 
     // the extension does not say CSV: without FORMAT the load cannot tell
     assert_eq!(

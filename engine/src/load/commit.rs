@@ -355,7 +355,8 @@ pub async fn reconcile_loads(warehouse: &Warehouse, ctx: &SessionContext) -> Res
     // loads still running log themselves (listed before the loads table is read: a load
     // finishing in between is then in the table)
     let running = super::inflight::live(&traces.object_store()).await?.ids;
-    let session = SessionContext::new_with_state(ctx.state());
+    // a session of its own (the loader's catalog is shared and reused by its next load)
+    let session = SessionContext::new_with_config_rt(ctx.copied_config(), ctx.runtime_env());
     warehouse.register(&session, "loads", Table::Loads).await?;
     let known: HashSet<String> = session
         .sql("SELECT load_id FROM loads WHERE status = 'committed'")

@@ -244,6 +244,19 @@ impl<'a> Loader<'a> {
         }
     }
 
+    /// The files `urls` name (each a file, a folder or a glob), as URLs, in load order.
+    pub async fn resolve(
+        &self,
+        urls: &[String],
+        format: Option<Format>,
+    ) -> Result<Vec<String>, LoadError> {
+        Ok(source::resolve(&self.ctx, urls, format)
+            .await?
+            .into_iter()
+            .map(|f| f.url)
+            .collect())
+    }
+
     /// Load `urls` atomically: all their new rows are committed in one Delta commit, or
     /// none. A failed load is recorded in `tracecube.loads` with its error.
     pub async fn load(

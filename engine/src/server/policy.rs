@@ -86,8 +86,22 @@ impl Place {
         {
             return None;
         }
+        // control characters are dropped by URL parsers: what is checked would not be
+        // what is read
+        if text.chars().any(char::is_control) {
+            return None;
+        }
         if text.contains("://") {
             let url = Url::parse(text).ok()?;
+            // a container or credentials in the authority, a query or a fragment: not a
+            // place that can be compared
+            if !url.username().is_empty()
+                || url.password().is_some()
+                || url.query().is_some()
+                || url.fragment().is_some()
+            {
+                return None;
+            }
             return if url.scheme() == "file" {
                 Some(Place::Local(resolve(&url.to_file_path().ok()?)))
             } else if url
@@ -99,6 +113,10 @@ impl Place {
             } else {
                 Some(Place::Remote(url))
             };
+        }
+        // `file:/x` or `s3:x` are URLs to a URL parser: refused rather than read as paths
+        if Url::parse(text).is_ok() {
+            return None;
         }
         let path = Path::new(text);
         let path = if path.is_absolute() {
@@ -194,9 +212,9 @@ impl Locations {
         Place::of(target).is_some_and(|t| t.within(&Place::Local(dir.clone())))
     }
 
-    /// Whether `COPY traces FROM` may read `source`: inside a load location, never inside
-    /// the warehouse `root` (its own files).
-    fn may_load(&self, source: &str, root: &url::Url) -> bool {
+    /// Whether `COPY traces FROM` may read `source` (as written, and then each file it
+    /// names, links followed): inside a load location, never inside the warehouse `root`.
+    pub fn may_load(&self, source: &str, root: &url::Url) -> bool {
         let Some(place) = Place::of(source) else {
             return false;
         };

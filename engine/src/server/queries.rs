@@ -521,8 +521,8 @@ impl QueryHandler {
     }
 
     /// `COPY traces FROM …`: checked (role, table, location), run as a load of the
-    /// warehouse, logged, answered `COPY <rows loaded>`; cancelled with the query (the
-    /// load then commits nothing).
+    /// warehouse, logged, answered `COPY <rows loaded>`; cancelled with the query (before
+    /// its commit, the load writes nothing; a commit already made stays).
     async fn copy_from<C: ClientInfo>(
         &self,
         client: &C,
@@ -549,10 +549,32 @@ impl QueryHandler {
         }
         let stop = interrupt(client).await;
         let load = async {
-            let record = crate::load::Loader::new(&warehouse)
-                .load(std::slice::from_ref(&copy.source), &copy.options())
+            let loader = crate::load::Loader::new(&warehouse);
+            let failed = |e: crate::load::LoadError| user_error(load_sqlstate(&e), e.to_string());
+            // what the source names, file by file (globs expanded, links followed), is
+            // checked again, then loaded by exact name: a glob or a link cannot reach
+            // past the load locations or into the warehouse
+            let files = loader
+                .resolve(std::slice::from_ref(&copy.source), copy.format)
                 .await
-                .map_err(|e| user_error(load_sqlstate(&e), e.to_string()))?;
+                .map_err(failed)?;
+            for file in &files {
+                let exact = !file.contains(['*', '?', '[']);
+                // local files are named `file:/path`: checked as the path
+                let place = match url::Url::parse(file) {
+                    Ok(u) if u.scheme() == "file" => u
+                        .to_file_path()
+                        .map_or_else(|()| file.clone(), |p| p.display().to_string()),
+                    _ => file.clone(),
+                };
+                if !exact || !self.access.locations.may_load(&place, warehouse.root()) {
+                    return Err(forbidden(super::policy::Forbidden(format!(
+                        "COPY traces FROM '{}' names {file}, outside the load locations (or inside the warehouse, or with a glob character in its name)",
+                        copy.source
+                    ))));
+                }
+            }
+            let record = loader.load(&files, &copy.options()).await.map_err(failed)?;
             // the rows are visible to the next statement of every connection
             if let Err(e) = self.cubes.refresh().await {
                 tracing::warn!("after COPY: the cubes and traces snapshot were not refreshed: {e}");
