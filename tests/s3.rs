@@ -140,6 +140,14 @@ impl Place {
     }
 }
 
+async fn count_traces(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM traces", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn channel_counts(client: &tokio_postgres::Client) -> BTreeMap<String, i64> {
     let rows = simple_rows(
         client
@@ -224,15 +232,7 @@ async fn a_load_of_good_and_bad_objects_fails_whole_then_quarantines() {
     );
     let server = TestServer::start(place.config()).await;
     let client = server.connect().await;
-    assert_eq!(
-        simple_rows(
-            client
-                .simple_query("SELECT count(*) FROM traces")
-                .await
-                .unwrap()
-        ),
-        vec![vec!["0"]]
-    );
+    assert_eq!(count_traces(&client).await, 0);
     // the same sources over SQL, from a load location on S3, keeping the bad row
     server.stop().await;
     let mut config = place.config();
@@ -616,15 +616,7 @@ async fn an_endpoint_down_mid_load_fails_clearly_and_a_retry_loads_everything() 
     let direct = Warehouse::open(place.config()).await.unwrap();
     let server = TestServer::start(direct.config().clone()).await;
     let client = server.connect().await;
-    assert_eq!(
-        simple_rows(
-            client
-                .simple_query("SELECT count(*) FROM traces")
-                .await
-                .unwrap()
-        ),
-        vec![vec!["0"]]
-    );
+    assert_eq!(count_traces(&client).await, 0);
     server.stop().await;
 
     // back up: the same load succeeds, whole
@@ -654,12 +646,7 @@ async fn a_cli_load_killed_mid_way_leaves_the_s3_warehouse_as_before_or_after() 
         .unwrap();
     let count = || async {
         let server = TestServer::start(place.config()).await;
-        let client = server.connect().await;
-        let n: i64 = client
-            .query_one("SELECT count(*) FROM traces", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let n = count_traces(&server.connect().await).await;
         server.stop().await;
         n
     };

@@ -416,22 +416,8 @@ impl Config {
                 }
                 "HTTP_LISTEN" => self.http_listen = value,
                 "EXPORT_DIR" => self.export_dir = Some(value).filter(|v| !v.is_empty()),
-                "EXTERNAL_LOCATIONS" => {
-                    self.external_locations = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                }
-                "LOAD_LOCATIONS" => {
-                    self.load_locations = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                }
+                "EXTERNAL_LOCATIONS" => self.external_locations = comma_list(&value),
+                "LOAD_LOCATIONS" => self.load_locations = comma_list(&value),
                 "TLS_ONLY" => self.tls_only = truthy(&value),
                 "TLS_CERT" | "TLS_KEY" => {
                     let tls = self.tls.get_or_insert_with(|| TlsConfig {
@@ -648,6 +634,16 @@ fn truthy(value: &str) -> bool {
         value.trim().to_ascii_lowercase().as_str(),
         "1" | "true" | "on" | "yes"
     )
+}
+
+/// The items of a comma-separated list, trimmed, empty ones dropped.
+fn comma_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Seconds of a duration written `<number> <unit>`, the unit one of seconds, minutes,

@@ -84,16 +84,24 @@ fn unknown(scheme: &str, key: &str) -> StorageError {
     }
 }
 
-/// Apply `options` to an `object_store` builder whose keys parse as `K`: an option it does
-/// not know is an error naming it (a misspelt `endpoint` must not silently reach AWS).
-macro_rules! configured {
-    ($builder:expr, $key:ty, $scheme:expr, $options:expr) => {{
+/// The store `$builder` (from the environment, with the retries) builds for `$url` with
+/// `$options`, whose keys must parse as `$key`: an option it does not know is an error
+/// naming it (a misspelt `endpoint` must not silently reach AWS).
+macro_rules! built {
+    ($builder:expr, $key:ty, $url:expr, $options:expr, $open:expr) => {{
         let mut builder = $builder;
         for (key, value) in $options {
-            let parsed: $key = key.parse().map_err(|_| unknown($scheme, key.as_str()))?;
-            builder = builder.with_config(parsed, value.clone());
+            let parsed: $key = key
+                .parse()
+                .map_err(|_| unknown($url.scheme(), key.as_str()))?;
+            builder = builder.with_config(parsed, (*value).clone());
         }
-        builder
+        Arc::new(
+            builder
+                .with_url($url.as_str())
+                .build()
+                .map_err(|e| $open(e.to_string()))?,
+        )
     }};
 }
 
@@ -119,48 +127,18 @@ pub fn store_for(
         "file" => Arc::new(object_store::local::LocalFileSystem::new()),
         "s3" | "s3a" => {
             use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-            let builder = configured!(
-                AmazonS3Builder::from_env().with_retry(retry.clone()),
-                AmazonS3ConfigKey,
-                url.scheme(),
-                options.iter().map(|(k, v)| (k.to_string(), *v))
-            );
-            Arc::new(
-                builder
-                    .with_url(url.as_str())
-                    .build()
-                    .map_err(|e| open(e.to_string()))?,
-            )
+            let builder = AmazonS3Builder::from_env().with_retry(retry);
+            built!(builder, AmazonS3ConfigKey, url, &options, open)
         }
         "gs" => {
             use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
-            let builder = configured!(
-                GoogleCloudStorageBuilder::from_env().with_retry(retry.clone()),
-                GoogleConfigKey,
-                url.scheme(),
-                options.iter().map(|(k, v)| (k.to_string(), *v))
-            );
-            Arc::new(
-                builder
-                    .with_url(url.as_str())
-                    .build()
-                    .map_err(|e| open(e.to_string()))?,
-            )
+            let builder = GoogleCloudStorageBuilder::from_env().with_retry(retry);
+            built!(builder, GoogleConfigKey, url, &options, open)
         }
         "az" | "azure" | "abfs" | "abfss" => {
             use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
-            let builder = configured!(
-                MicrosoftAzureBuilder::from_env().with_retry(retry.clone()),
-                AzureConfigKey,
-                url.scheme(),
-                options.iter().map(|(k, v)| (k.to_string(), *v))
-            );
-            Arc::new(
-                builder
-                    .with_url(url.as_str())
-                    .build()
-                    .map_err(|e| open(e.to_string()))?,
-            )
+            let builder = MicrosoftAzureBuilder::from_env().with_retry(retry);
+            built!(builder, AzureConfigKey, url, &options, open)
         }
         other => {
             return Err(open(format!(
