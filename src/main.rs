@@ -100,6 +100,9 @@ enum Command {
         /// Length of the period in days.
         #[arg(long, default_value_t = 365)]
         days: u32,
+        /// Traces per output file.
+        #[arg(long, default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..))]
+        file_rows: u64,
     },
 }
 
@@ -155,6 +158,7 @@ fn main() -> anyhow::Result<()> {
                 format,
                 on_error,
                 progress: true,
+                stop: None,
             };
             keep_freed_memory();
             let record = runtime
@@ -218,11 +222,13 @@ fn main() -> anyhow::Result<()> {
             out,
             start,
             days,
+            file_rows,
         } => {
             let mut opts = GenOptions {
                 rows,
                 seed,
                 days,
+                chunk_rows: file_rows,
                 ..Default::default()
             };
             if let Some(s) = start {

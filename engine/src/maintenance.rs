@@ -343,7 +343,59 @@ async fn vacuum_table(
         .try_collect()
         .await
         .map_err(|e| error(e.into()))?;
-    Ok((deleted.len() as u64, live))
+    let mut count = deleted.len() as u64;
+    if let Ok(root) = table.table_url().to_file_path() {
+        let cutoff = std::time::SystemTime::from(young);
+        count += tokio::task::spawn_blocking(move || remove_upload_leftovers(&root, cutoff))
+            .await
+            .map_err(|e| LoadError::Maintenance(format!("vacuum: {e}")))?
+            .map_err(|e| LoadError::Maintenance(format!("vacuum: {e}")))?;
+    }
+    Ok((count, live))
+}
+
+/// A file written to the local file system goes to `<name>#<n>` first and is renamed
+/// when complete: a process killed mid-write leaves that file behind, and the object
+/// store never lists it. Delete those last modified before `cutoff` under `root`
+/// (a writer still writing one touches it all the while). The table's log folder is
+/// left alone.
+fn remove_upload_leftovers(
+    root: &std::path::Path,
+    cutoff: std::time::SystemTime,
+) -> std::io::Result<u64> {
+    let is_leftover = |name: &str| {
+        name.rsplit_once('#').is_some_and(|(stem, n)| {
+            !stem.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+        })
+    };
+    let mut deleted = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if kind.is_dir() {
+                if dir != root || name != "_delta_log" {
+                    dirs.push(entry.path());
+                }
+            } else if kind.is_file() && is_leftover(&name) && entry.metadata()?.modified()? < cutoff
+            {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => deleted += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(deleted)
 }
 
 /// Delete the markers of processes that stopped.
@@ -404,4 +456,38 @@ async fn vacuum_ledger(
 fn retention_delta(retention: Duration) -> chrono::Duration {
     const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
     chrono::Duration::from_std(retention.min(CENTURY)).expect("a century fits")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_old_upload_leftovers_outside_the_log_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let day = root.join("day=2026-01-10");
+        std::fs::create_dir_all(&day).unwrap();
+        std::fs::create_dir_all(root.join("_delta_log")).unwrap();
+        for name in ["part-1.parquet#1", "part-1.parquet", "part-2#x", "#3"] {
+            std::fs::write(day.join(name), b"x").unwrap();
+        }
+        std::fs::write(root.join("_delta_log/00000.json#1"), b"x").unwrap();
+        // nothing is old enough yet
+        let past = std::time::SystemTime::now() - Duration::from_secs(3600);
+        assert_eq!(remove_upload_leftovers(root, past).unwrap(), 0);
+        let later = std::time::SystemTime::now() + Duration::from_secs(1);
+        assert_eq!(remove_upload_leftovers(root, later).unwrap(), 1);
+        let mut left: Vec<String> = std::fs::read_dir(&day)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["#3", "part-1.parquet", "part-2#x"]);
+        assert!(root.join("_delta_log/00000.json#1").exists());
+        assert_eq!(
+            remove_upload_leftovers(&root.join("gone"), later).unwrap(),
+            0
+        );
+    }
 }

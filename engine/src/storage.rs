@@ -70,7 +70,7 @@ pub fn options(storage: &BTreeMap<String, String>) -> HashMap<String, String> {
 
 fn unknown(scheme: &str, key: &str) -> StorageError {
     let hint = match scheme {
-        "s3" | "s3a" => {
+        "s3" | "s3a" | "file" => {
             ": use endpoint, region, access_key_id, secret_access_key, session_token, \
              allow_http, path_style, or an aws_… option"
         }
@@ -105,6 +105,9 @@ macro_rules! built {
     }};
 }
 
+static S3_ENDPOINT_KEY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| "aws_endpoint_url_s3".to_string());
+
 /// The store of the bucket (or container) of `url`, built from the environment then
 /// `options` (which win), and the path of `url` in it.
 pub fn store_for(
@@ -118,16 +121,41 @@ pub fn store_for(
     let path = Path::from_url_path(url.path()).map_err(|e| open(e.to_string()))?;
     let retry = retry_config(options)?;
     // `deltalake` passes its own runtime options through: they are not the store's
-    let options = options
-        .iter()
-        .filter(|(k, _)| !is_delta_option(k) && !RETRY_OPTIONS.contains(&k.as_str()))
-        .collect::<Vec<_>>();
+    let mut own = Vec::new();
+    for (key, value) in options {
+        if is_delta_option(key) || RETRY_OPTIONS.contains(&key.as_str()) {
+            continue;
+        }
+        // every option must be one of its kind of store, whichever store is built now
+        let kind = option_kind(key)?;
+        if CLOUD_SCHEMES.contains(&url.scheme()) && kind == scheme_kind(url.scheme()) {
+            own.push((key, value));
+        }
+    }
+    let options = own;
     let store: Arc<dyn ObjectStore> = match url.scheme() {
         // the options are those of the object stores sources may be read from
         "file" => Arc::new(object_store::local::LocalFileSystem::new()),
         "s3" | "s3a" => {
             use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
             let builder = AmazonS3Builder::from_env().with_retry(retry);
+            // a configured endpoint wins over `AWS_ENDPOINT_URL_S3` of the environment
+            // too (the store prefers that one to the general endpoint)
+            let is = |key: &str, wanted: AmazonS3ConfigKey| {
+                key.parse::<AmazonS3ConfigKey>().is_ok_and(|k| k == wanted)
+            };
+            let endpoint = options
+                .iter()
+                .find(|(k, _)| is(k, AmazonS3ConfigKey::Endpoint))
+                .map(|(_, v)| *v);
+            let mut options = options.clone();
+            if let Some(endpoint) = endpoint
+                && !options
+                    .iter()
+                    .any(|(k, _)| is(k, AmazonS3ConfigKey::S3Endpoint))
+            {
+                options.push((&*S3_ENDPOINT_KEY, endpoint));
+            }
             built!(builder, AmazonS3ConfigKey, url, &options, open)
         }
         "gs" => {
@@ -147,6 +175,39 @@ pub fn store_for(
         }
     };
     Ok((store, path))
+}
+
+/// The kind of store an option is for: `google_…` options for `gs://`, `azure_…` for
+/// `az://` (and its other schemes), every other one for `s3://` (so an S3 warehouse's
+/// `endpoint` does not reach a `gs://` external table); an error when that kind of
+/// store does not know it.
+fn option_kind(key: &str) -> Result<&'static str, StorageError> {
+    let kind = if key.starts_with("google_") {
+        "gs"
+    } else if key.starts_with("azure_") {
+        "az"
+    } else {
+        "s3"
+    };
+    let known = match kind {
+        "gs" => key.parse::<object_store::gcp::GoogleConfigKey>().is_ok(),
+        "az" => key.parse::<object_store::azure::AzureConfigKey>().is_ok(),
+        _ => key.parse::<object_store::aws::AmazonS3ConfigKey>().is_ok(),
+    };
+    if known {
+        Ok(kind)
+    } else {
+        Err(unknown(kind, key))
+    }
+}
+
+/// The kind of store of a URL scheme, as [`option_kind`] names it.
+fn scheme_kind(scheme: &str) -> &'static str {
+    match scheme {
+        "s3" | "s3a" => "s3",
+        "gs" => "gs",
+        _ => "az",
+    }
 }
 
 /// Options of the retries of requests to an object store: how many times a failed request
@@ -317,6 +378,28 @@ mod tests {
         ]);
         let (_, path) = store_for(&url, &options).unwrap();
         assert_eq!(path.as_ref(), "prefix");
+    }
+
+    #[test]
+    fn each_store_takes_the_options_of_its_kind() {
+        let options = options(&BTreeMap::from([
+            ("endpoint".to_string(), "http://127.0.0.1:1".to_string()),
+            ("path_style".to_string(), "true".to_string()),
+            ("google_bucket".to_string(), "other".to_string()),
+        ]));
+        // an S3 warehouse's endpoint does not reach a gs:// or az:// store
+        let gs = store_for(&Url::parse("gs://bucket/x/").unwrap(), &options);
+        assert!(!matches!(gs, Err(StorageError::UnknownOption { .. })));
+        let az = store_for(&Url::parse("az://container/x/").unwrap(), &options);
+        assert!(!matches!(az, Err(StorageError::UnknownOption { .. })));
+        assert!(store_for(&Url::parse("s3://bucket/x/").unwrap(), &options).is_ok());
+        // a misspelt option of any kind is an error whichever store is opened
+        let mut wrong = options.clone();
+        wrong.insert("google_servce_account".into(), "x".into());
+        let e = store_for(&Url::parse("s3://bucket/x/").unwrap(), &wrong).expect_err("error");
+        assert!(e.to_string().contains("google_servce_account"), "{e}");
+        let e = store_for(&Url::parse("file:///tmp/x/").unwrap(), &wrong).expect_err("error");
+        assert!(e.to_string().contains("gs://"), "{e}");
     }
 
     #[test]

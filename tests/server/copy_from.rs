@@ -174,3 +174,107 @@ async fn copy_from_csv_fails_whole_or_quarantines_bad_rows() {
     assert_eq!(ok(&client, "SELECT count(*) FROM rejects").await[0][0], "1");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_sent_at_once_each_apply_once() {
+    let wh = TestWarehouse::with(|c| c.users = users()).await;
+    let a = wh.generate("exports/a", ROWS, SEED);
+    let b = wh.generate("exports/b", ROWS / 2, 13);
+    let mut config = wh.config();
+    config.load_locations = vec![wh.path("exports").display().to_string()];
+    let server = TestServer::start(config).await;
+    let mut loaders = Vec::new();
+    for _ in 0..3 {
+        loaders.push(
+            server
+                .connect_with("user=lou password=lou-pw")
+                .await
+                .unwrap(),
+        );
+    }
+    let copy = |dir: &std::path::Path| format!("COPY traces FROM '{}/*.parquet'", dir.display());
+    // two loads of the same files and one of others, sent at once: they run one after
+    // the other, the same files apply once
+    let (copy_a, copy_b) = (copy(&a), copy(&b));
+    let (first, second, other) = tokio::join!(
+        loaders[0].execute(&copy_a, &[]),
+        loaders[1].execute(&copy_a, &[]),
+        loaders[2].execute(&copy_b, &[]),
+    );
+    let (first, second, other) = (first.unwrap(), second.unwrap(), other.unwrap());
+    assert_eq!(first + second, ROWS, "{first} + {second}");
+    assert_eq!(other, ROWS / 2);
+    let mut expected = generated_channel_counts(ROWS, SEED);
+    for (channel, n) in generated_channel_counts(ROWS / 2, 13) {
+        *expected.entry(channel).or_default() += n;
+    }
+    let counts = ok(
+        &loaders[0],
+        "SELECT channel, count(*) FROM traces GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    assert_eq!(counts.len(), expected.len());
+    for row in counts {
+        assert_eq!(row[1].parse::<i64>().unwrap(), expected[&row[0]], "{row:?}");
+    }
+    let statuses = ok(
+        &loaders[0],
+        "SELECT status, count(*) FROM tracecube.loads GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        statuses,
+        vec![
+            vec!["committed".to_string(), "2".to_string()],
+            vec!["no-op".to_string(), "1".to_string()]
+        ]
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_stopped_by_its_timeout_loads_all_or_nothing() {
+    const BIG: u64 = 60_000;
+    let wh = TestWarehouse::with(|c| c.users = users()).await;
+    let exports = wh.generate("exports", BIG, SEED);
+    let mut config = wh.config();
+    config.load_locations = vec![exports.display().to_string()];
+    let server = TestServer::start(config).await;
+    let loader = server
+        .connect_with("user=lou password=lou-pw")
+        .await
+        .unwrap();
+    let copy = format!("COPY traces FROM '{}'", exports.display());
+    ok(&loader, "SET statement_timeout = '150ms'").await;
+    let stopped = loader.execute(&copy, &[]).await;
+    ok(&loader, "SET statement_timeout = 0").await;
+    let count: u64 = ok(&loader, "SELECT count(*) FROM traces").await[0][0]
+        .parse()
+        .unwrap();
+    let committed = ok(
+        &loader,
+        "SELECT count(*) FROM tracecube.loads WHERE status = 'committed'",
+    )
+    .await;
+    match stopped {
+        // stopped before its commit: nothing written, recorded as failed
+        Err(e) => {
+            assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e}");
+            assert_eq!(count, 0);
+            assert_eq!(committed, [["0"]]);
+        }
+        // the timeout came once the commit had begun: the whole load
+        Ok(rows) => {
+            assert_eq!((rows, count), (BIG, BIG));
+            assert_eq!(committed, [["1"]]);
+        }
+    }
+    // the same COPY again completes the warehouse, whichever way the first one went
+    loader.execute(&copy, &[]).await.unwrap();
+    assert_eq!(
+        ok(&loader, "SELECT count(*) FROM traces").await[0][0],
+        BIG.to_string()
+    );
+    assert_eq!(ok(&loader, "SELECT count(*) FROM rejects").await[0][0], "0");
+    server.stop().await;
+}

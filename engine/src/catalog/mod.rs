@@ -182,11 +182,17 @@ pub fn connection_session(shared: &SessionContext) -> SessionContext {
     SessionContext::new_with_state(state)
 }
 
+/// How long the file listing of an external table is reused before its folder is
+/// listed again.
+pub const EXTERNAL_LISTING_TTL: Duration = Duration::from_secs(30);
+
 /// The runtime of the server's queries: a memory pool of `limit_mb` (0: none) fairly
 /// shared by the queries running at once, operators that can (sorts, aggregations) spilling
 /// to temporary files; a query that needs more fails alone with SQLSTATE `53200`.
 /// Every object store counts the bytes it returns into `bytes_scanned`; the store of a
-/// bucket is created the first time it is read (external tables).
+/// bucket is created the first time it is read (external tables). The listing of an
+/// external table is reused for [`EXTERNAL_LISTING_TTL`] (files dropped into its folder
+/// appear within that time); Parquet footers are cached until their file changes.
 fn runtime(
     limit_mb: u64,
     bytes_scanned: prometheus_client::metrics::counter::Counter,
@@ -196,7 +202,11 @@ fn runtime(
         CountingRegistry::new(bytes_scanned),
         storage_options,
     );
-    let mut builder = RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(registry));
+    let caches = datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+        .with_list_files_cache_ttl(Some(EXTERNAL_LISTING_TTL));
+    let mut builder = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(registry))
+        .with_cache_manager(caches);
     if limit_mb > 0 {
         let bytes = usize::try_from(limit_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         // the error of a query past the limit names its largest consumers

@@ -382,8 +382,10 @@ pub async fn reconcile_loads(warehouse: &Warehouse, ctx: &SessionContext) -> Res
         let Ok(mut record) = serde_json::from_value::<LoadRecord>(value.clone()) else {
             continue;
         };
+        // not `break`: a load stopped after its commit may be older than one that logged
+        // itself since
         if known.contains(&record.load_id) {
-            break;
+            continue;
         }
         if running.contains(&record.load_id) {
             continue;

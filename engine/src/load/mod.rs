@@ -60,6 +60,19 @@ pub struct LoadOptions {
     pub on_error: OnError,
     /// Show a progress bar on the terminal.
     pub progress: bool,
+    /// Stops the load at its next safe point before the commit (then nothing is written,
+    /// and it fails with [`LoadError::Stopped`]); once the commit has begun it goes on.
+    pub stop: Option<tokio_util::sync::CancellationToken>,
+}
+
+impl LoadOptions {
+    /// Fail with [`LoadError::Stopped`] when the load was asked to stop.
+    fn check_stop(&self) -> Result<(), LoadError> {
+        match &self.stop {
+            Some(stop) if stop.is_cancelled() => Err(LoadError::Stopped),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A bad row and the file it came from.
@@ -122,6 +135,8 @@ pub enum LoadError {
     Ledger(String),
     #[error("{0}")]
     Maintenance(String),
+    #[error("the load was stopped before its commit: nothing was written")]
+    Stopped,
 }
 
 /// How often a load checks its rows again after another commit took its turn, and how
@@ -222,6 +237,15 @@ fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
+/// Notes, when dropped, that a load of this process ended.
+struct LoadEnded;
+
+impl Drop for LoadEnded {
+    fn drop(&mut self) {
+        crate::warehouse::note_local_commit();
+    }
+}
+
 /// Loads sources into a warehouse.
 pub struct Loader<'a> {
     warehouse: &'a Warehouse,
@@ -273,11 +297,13 @@ impl<'a> Loader<'a> {
         // vacuum keeps what this load writes, and reconciling loads leaves it alone
         let marker = inflight::Inflight::start(traces.object_store(), &load_id).await?;
         drop(traces);
+        // this process's readers look for a new version when the load ends, even when it
+        // is dropped (a cancelled COPY) after its commit
+        let _ended = LoadEnded;
         let result = self
             .run_marked(&marker, &load_id, started_at, urls, options)
             .await;
         marker.finish().await;
-        crate::warehouse::note_local_commit();
         result
     }
 
@@ -413,6 +439,10 @@ impl<'a> Loader<'a> {
             started.elapsed()
         );
         bar.set_message("checking for contacts already stored");
+        if let Err(e) = options.check_stop() {
+            self.abandon(&target, &mut staged, load_id, false).await;
+            return Err(e);
+        }
         if !rejected.is_empty() {
             // stored before the rows they were rejected from, so that none is lost
             commit::write_rejects(self.warehouse, load_id, &rejected).await?;
@@ -437,6 +467,12 @@ impl<'a> Loader<'a> {
             bar.set_message(format!("committing {} rows", record.rows_loaded));
             let parts = staged.parts();
             if let Err(e) = stage::check_present(&target, &parts).await {
+                self.abandon(&target, &mut staged, load_id, !rejected.is_empty())
+                    .await;
+                return Err(e);
+            }
+            // the last point where the load may stop: past it, it commits
+            if let Err(e) = options.check_stop() {
                 self.abandon(&target, &mut staged, load_id, !rejected.is_empty())
                     .await;
                 return Err(e);
@@ -593,6 +629,7 @@ impl<'a> Loader<'a> {
         let config = Arc::new(self.warehouse.config().clone());
         let started = Instant::now();
         for file in files {
+            options.check_stop()?;
             let (schema, stream) = file.read().await?;
             let (missing, extra) = validator.check_columns(&schema);
             if !missing.is_empty() {
@@ -632,6 +669,7 @@ impl<'a> Loader<'a> {
                 })
                 .buffered(2);
             while let Some(joined) = checked.next().await {
+                options.check_stop()?;
                 let (rows, bad, derived) =
                     joined.map_err(|e| LoadError::Staging(e.to_string()))??;
                 record.rows_read += rows;

@@ -52,6 +52,9 @@ pub struct Access {
     pub locations: Locations,
     /// Default `statement_timeout` of each session, in milliseconds (0: none).
     pub statement_timeout_ms: u64,
+    /// `COPY … FROM` loads run one at a time (each holds up to `load_memory_mb`): the
+    /// next one waits for this permit, still stopped by a cancel or its timeout.
+    pub copy_permit: Arc<tokio::sync::Semaphore>,
     pids: RandomPidSecretKeyGenerator,
 }
 
@@ -74,6 +77,7 @@ impl Default for Access {
             tls_only: false,
             locations: Locations::default(),
             statement_timeout_ms: 0,
+            copy_permit: Arc::new(tokio::sync::Semaphore::new(1)),
             pids: RandomPidSecretKeyGenerator::default(),
         }
     }
@@ -99,6 +103,7 @@ impl Access {
                 &config.load_locations,
             )?,
             statement_timeout_ms: config.statement_timeout,
+            copy_permit: Arc::new(tokio::sync::Semaphore::new(1)),
             pids: RandomPidSecretKeyGenerator::default(),
         })
     }

@@ -29,6 +29,7 @@ impl CopyFrom {
             format: self.format,
             on_error: self.on_error,
             progress: false,
+            stop: None,
         }
     }
 }

@@ -93,6 +93,7 @@ pub fn load_sqlstate(error: &crate::load::LoadError) -> &'static str {
         BadUrl { .. } | NoFiles { .. } => "58P01",
         UnknownFormat { .. } | Read { .. } | MissingColumns { .. } | BadRows { .. } => "22P04",
         Contended { .. } => "40001",
+        Stopped => "57014",
         _ => "XX000",
     }
 }

@@ -139,7 +139,13 @@ impl Place {
                         .map(str::to_string)
                         .collect()
                 };
-                url.scheme() == base.scheme()
+                // `s3a://b` is `s3://b`, `azure://c` is `az://c`: one bucket, one container
+                let store = |scheme: &str| match scheme {
+                    "s3a" => "s3".to_string(),
+                    "azure" => "az".to_string(),
+                    other => other.to_string(),
+                };
+                store(url.scheme()) == store(base.scheme())
                     && url.host_str() == base.host_str()
                     && url.port() == base.port()
                     && segments(url).starts_with(&segments(base))
@@ -540,4 +546,21 @@ fn check_setting(variable: &str, value: Option<&str>) -> Result<(), Forbidden> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_bucket_under_two_schemes_is_one_place() {
+        let locations = Locations::new(None, &[], &["s3://data/".to_string()]).unwrap();
+        let root = url::Url::parse("s3a://data/wh/").unwrap();
+        assert!(locations.may_load("s3://data/exports/a.parquet", &root));
+        assert!(locations.may_load("s3a://data/exports/a.parquet", &root));
+        // the warehouse, named with either scheme, is never a source
+        assert!(!locations.may_load("s3://data/wh/traces/x.parquet", &root));
+        assert!(!locations.may_load("s3a://data/wh/rejects/", &root));
+        assert!(!locations.may_load("s3://other/exports/a.parquet", &root));
+    }
 }

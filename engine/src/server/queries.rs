@@ -143,6 +143,77 @@ fn rows_unless(stop: Interrupt, responses: &mut [Response]) {
     }
 }
 
+/// Run `COPY traces FROM …` (already allowed for its user): one COPY of the server at a
+/// time, every file its source names checked again, then loaded by its resolved name;
+/// `halt` stops it before its commit.
+async fn run_copy(
+    access: &Access,
+    cubes: &Arc<CubeRegistry>,
+    warehouse: &crate::Warehouse,
+    copy: &super::copy_from::CopyFrom,
+    halt: tokio_util::sync::CancellationToken,
+    user: &str,
+) -> PgWireResult<Response> {
+    // one COPY at a time: each may hold `load_memory_mb` of rows
+    let _permit = tokio::select! {
+        permit = access.copy_permit.acquire() => permit
+            .map_err(|e| user_error("57P01", format!("the server is stopping: {e}")))?,
+        () = halt.cancelled() => return Err(user_error("57014", "COPY stopped before it began")),
+    };
+    let loader = crate::load::Loader::new(warehouse);
+    let failed = |e: crate::load::LoadError| user_error(load_sqlstate(&e), e.to_string());
+    // what the source names, file by file (globs expanded, links followed), is checked
+    // again, then loaded by its resolved name: a glob or a link cannot reach past the load
+    // locations or into the warehouse, and a link swapped in after the check is not read
+    let files = loader
+        .resolve(std::slice::from_ref(&copy.source), copy.format)
+        .await
+        .map_err(failed)?;
+    let outside = |file: &str| {
+        forbidden(super::policy::Forbidden(format!(
+            "COPY traces FROM '{}' names {file}, outside the load locations (or inside the warehouse, or with a glob character in its name)",
+            copy.source
+        )))
+    };
+    let mut resolved = Vec::with_capacity(files.len());
+    for file in &files {
+        if file.contains(['*', '?', '[']) {
+            return Err(outside(file));
+        }
+        // local files are named `file:/path`: checked and loaded as their real path
+        let place = match url::Url::parse(file) {
+            Ok(u) if u.scheme() == "file" => {
+                let real = u
+                    .to_file_path()
+                    .ok()
+                    .and_then(|p| std::fs::canonicalize(p).ok())
+                    .ok_or_else(|| outside(file))?;
+                let real = real.to_str().ok_or_else(|| outside(file))?.to_string();
+                if real.contains(['*', '?', '[']) {
+                    return Err(outside(file));
+                }
+                real
+            }
+            _ => file.clone(),
+        };
+        if !access.locations.may_load(&place, warehouse.root()) {
+            return Err(outside(file));
+        }
+        resolved.push(place);
+    }
+    let mut options = copy.options();
+    options.stop = Some(halt);
+    let record = loader.load(&resolved, &options).await.map_err(failed)?;
+    // the rows are visible to the next statement of every connection
+    if let Err(e) = cubes.refresh().await {
+        tracing::warn!("after COPY: the cubes and traces snapshot were not refreshed: {e}");
+    }
+    tracing::info!("COPY by {user}: {}", record.summary_line());
+    Ok(Response::Execution(
+        Tag::new("COPY").with_rows(record.rows_loaded as usize),
+    ))
+}
+
 /// The answer of a `DELETE` or `UPDATE` as PostgreSQL gives it: its count in the command
 /// tag (`DELETE 3`), not as a row (clients described it as returning no rows).
 async fn counted_write(
@@ -548,43 +619,33 @@ impl QueryHandler {
             return Err(self.refuse(pending, &scope, forbidden(refusal)));
         }
         let stop = interrupt(client).await;
-        let load = async {
-            let loader = crate::load::Loader::new(&warehouse);
-            let failed = |e: crate::load::LoadError| user_error(load_sqlstate(&e), e.to_string());
-            // what the source names, file by file (globs expanded, links followed), is
-            // checked again, then loaded by exact name: a glob or a link cannot reach
-            // past the load locations or into the warehouse
-            let files = loader
-                .resolve(std::slice::from_ref(&copy.source), copy.format)
-                .await
-                .map_err(failed)?;
-            for file in &files {
-                let exact = !file.contains(['*', '?', '[']);
-                // local files are named `file:/path`: checked as the path
-                let place = match url::Url::parse(file) {
-                    Ok(u) if u.scheme() == "file" => u
-                        .to_file_path()
-                        .map_or_else(|()| file.clone(), |p| p.display().to_string()),
-                    _ => file.clone(),
-                };
-                if !exact || !self.access.locations.may_load(&place, warehouse.root()) {
-                    return Err(forbidden(super::policy::Forbidden(format!(
-                        "COPY traces FROM '{}' names {file}, outside the load locations (or inside the warehouse, or with a glob character in its name)",
-                        copy.source
-                    ))));
+        // The load runs as a task of its own: a cancel or a timeout asks it to stop at
+        // its next safe point before its commit (then nothing is written and the
+        // statement fails as cancelled); once it commits, it finishes, as PostgreSQL
+        // finishes a statement whose cancel comes too late.
+        // A client that goes away stops it too.
+        let halt = tokio_util::sync::CancellationToken::new();
+        let _halt_when_dropped = halt.clone().drop_guard();
+        let (access, cubes) = (Arc::clone(&self.access), Arc::clone(&self.cubes));
+        let user = identity.user.clone();
+        let mut task = tokio::spawn({
+            let halt = halt.clone();
+            async move { run_copy(&access, &cubes, &warehouse, &copy, halt, &user).await }
+        });
+        let joined = |r: Result<PgWireResult<Response>, tokio::task::JoinError>| {
+            r.unwrap_or_else(|e| Err(user_error("XX000", format!("COPY failed: {e}"))))
+        };
+        let mut result = tokio::select! {
+            r = &mut task => joined(r),
+            reason = stop.clone() => {
+                halt.cancel();
+                match joined(task.await) {
+                    Ok(done) => Ok(done),
+                    Err(_) => Err(reason.error()),
                 }
             }
-            let record = loader.load(&files, &copy.options()).await.map_err(failed)?;
-            // the rows are visible to the next statement of every connection
-            if let Err(e) = self.cubes.refresh().await {
-                tracing::warn!("after COPY: the cubes and traces snapshot were not refreshed: {e}");
-            }
-            tracing::info!("COPY by {}: {}", identity.user, record.summary_line());
-            Ok(vec![Response::Execution(
-                Tag::new("COPY").with_rows(record.rows_loaded as usize),
-            )])
-        };
-        let mut result = unless(&stop, load).await;
+        }
+        .map(|r| vec![r]);
         Self::finish(&scope, pending, &mut result);
         result.map(|mut r| r.remove(0))
     }
