@@ -14,7 +14,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,9 @@ from pathlib import Path
 
 import duckdb
 import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "common"))
+from wire import free_port, normal, same  # noqa: E402
 
 WEIGHTS = [("category", "avoidable", 2.0), ("category", "selfcare", 1.5),
            ("category", "mandatory", 1.0), ("category", "help", 1.0)]
@@ -112,33 +114,6 @@ def questions(p):
     ]
 
 
-def normal(v):
-    if isinstance(v, dt.datetime):
-        if v.tzinfo is not None:
-            v = v.astimezone(dt.timezone.utc).replace(tzinfo=None)
-        return v.isoformat(sep=" ")
-    if isinstance(v, dt.date):
-        return v.isoformat()
-    if isinstance(v, bool) or v is None or isinstance(v, str):
-        return v
-    return float(v)
-
-
-def same(a, b):
-    """Same rows, in any order, floats within 1e-6 relative (DuckDB sums in another order)."""
-    if len(a) != len(b):
-        return False
-    key = lambda r: tuple("" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x)) for x in r)
-    for ra, rb in zip(sorted(a, key=key), sorted(b, key=key)):
-        for x, y in zip(ra, rb):
-            if isinstance(x, float) and isinstance(y, float):
-                if not math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9):
-                    return False
-            elif x != y:
-                return False
-    return True
-
-
 def timed(run, runs):
     run()  # warm
     times = []
@@ -150,12 +125,6 @@ def timed(run, runs):
     times.sort()
     p95 = times[min(len(times) - 1, math.ceil(0.95 * len(times)) - 1)]
     return statistics.median(times), p95, [tuple(normal(v) for v in r) for r in rows]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid, field="VmRSS"):

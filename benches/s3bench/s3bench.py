@@ -9,11 +9,8 @@ cubes (a scan of `traces` on S3), and over an external table on the exports.
 """
 
 import argparse
-import decimal
-import math
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +20,9 @@ from pathlib import Path
 import boto3
 import psycopg
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "common"))
+from wire import free_port, normal, same  # noqa: E402
+
 QUESTIONS = [
     ("drilldown('declaration', 'Delivery')", "SELECT * FROM drilldown('declaration', 'Delivery')"),
     ("volume by declaration level 1",
@@ -31,30 +31,6 @@ QUESTIONS = [
      "SELECT declaration, qualification, count(*), csat(csat) FROM traces "
      "WHERE path_is_under(declaration, 'Delivery/Tracking') GROUP BY 1, 2 ORDER BY 1, 2"),
 ]
-
-
-def same(a, b):
-    """Equal rows, floating values within 1e-9 relative (parallel sums add in any order)."""
-    if len(a) != len(b):
-        return False
-    num = lambda v: float(v) if isinstance(v, decimal.Decimal) else v
-    key = lambda r: tuple(str(v) for v in r[:2])
-    a = sorted(([num(v) for v in r] for r in a), key=key)
-    b = sorted(([num(v) for v in r] for r in b), key=key)
-    for ra, rb in zip(a, b):
-        for x, y in zip(ra, rb):
-            if isinstance(x, float) and isinstance(y, float):
-                if not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12):
-                    return False
-            elif x != y:
-                return False
-    return True
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ms(t):
@@ -139,15 +115,15 @@ def main():
                     cur.execute(s)
                 t = time.perf_counter()
                 cur.execute(sql)
-                first_rows = cur.fetchall()
+                first_rows = [tuple(normal(v) for v in r) for r in cur.fetchall()]
                 first = ms(t)
                 times = []
                 for _ in range(args.runs):
                     t = time.perf_counter()
                     cur.execute(sql)
-                    rows = cur.fetchall()
+                    rows = [tuple(normal(v) for v in r) for r in cur.fetchall()]
                     times.append(ms(t))
-                assert same(rows, first_rows), f"{label}: repeated answer differs"
+                assert same(rows, first_rows, rel_tol=1e-9), f"{label}: repeated answer differs"
             print(f"{label:58} {first:9.1f} {statistics.median(times):17.1f}")
 
         for name, sql in QUESTIONS:

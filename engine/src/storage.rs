@@ -105,9 +105,6 @@ macro_rules! built {
     }};
 }
 
-static S3_ENDPOINT_KEY: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| "aws_endpoint_url_s3".to_string());
-
 /// The store of the bucket (or container) of `url`, built from the environment then
 /// `options` (which win), and the path of `url` in it.
 pub fn store_for(
@@ -128,7 +125,7 @@ pub fn store_for(
         }
         // every option must be one of its kind of store, whichever store is built now
         let kind = option_kind(key)?;
-        if CLOUD_SCHEMES.contains(&url.scheme()) && kind == scheme_kind(url.scheme()) {
+        if Some(kind) == scheme_kind(url.scheme()) {
             own.push((key, value));
         }
     }
@@ -138,23 +135,16 @@ pub fn store_for(
         "file" => Arc::new(object_store::local::LocalFileSystem::new()),
         "s3" | "s3a" => {
             use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-            let builder = AmazonS3Builder::from_env().with_retry(retry);
+            let mut builder = AmazonS3Builder::from_env().with_retry(retry);
             // a configured endpoint wins over `AWS_ENDPOINT_URL_S3` of the environment
-            // too (the store prefers that one to the general endpoint)
-            let is = |key: &str, wanted: AmazonS3ConfigKey| {
-                key.parse::<AmazonS3ConfigKey>().is_ok_and(|k| k == wanted)
-            };
-            let endpoint = options
-                .iter()
-                .find(|(k, _)| is(k, AmazonS3ConfigKey::Endpoint))
-                .map(|(_, v)| *v);
-            let mut options = options.clone();
-            if let Some(endpoint) = endpoint
-                && !options
-                    .iter()
-                    .any(|(k, _)| is(k, AmazonS3ConfigKey::S3Endpoint))
-            {
-                options.push((&*S3_ENDPOINT_KEY, endpoint));
+            // too (the store prefers that one to the general endpoint); a configured
+            // `aws_endpoint_url_s3`, applied below, still wins over both
+            let endpoint = options.iter().find(|(k, _)| {
+                k.parse::<AmazonS3ConfigKey>()
+                    .is_ok_and(|k| k == AmazonS3ConfigKey::Endpoint)
+            });
+            if let Some((_, endpoint)) = endpoint {
+                builder = builder.with_config(AmazonS3ConfigKey::S3Endpoint, (*endpoint).clone());
             }
             built!(builder, AmazonS3ConfigKey, url, &options, open)
         }
@@ -201,12 +191,13 @@ fn option_kind(key: &str) -> Result<&'static str, StorageError> {
     }
 }
 
-/// The kind of store of a URL scheme, as [`option_kind`] names it.
-fn scheme_kind(scheme: &str) -> &'static str {
+/// The kind of store of a URL scheme, as [`option_kind`] names it; none for local files.
+fn scheme_kind(scheme: &str) -> Option<&'static str> {
     match scheme {
-        "s3" | "s3a" => "s3",
-        "gs" => "gs",
-        _ => "az",
+        "s3" | "s3a" => Some("s3"),
+        "gs" => Some("gs"),
+        "az" | "azure" | "abfs" | "abfss" => Some("az"),
+        _ => None,
     }
 }
 

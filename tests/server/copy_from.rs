@@ -8,20 +8,34 @@ use crate::common::{TestServer, TestWarehouse, generated_channel_counts};
 const ROWS: u64 = 6_000;
 const SEED: u64 = 11;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn loaders_copy_traces_from_the_load_locations_only() {
+/// A server with the test users whose one load location is `exports`, holding `rows`
+/// generated traces (seed [`SEED`]), and a connection of its loader.
+async fn serving_exports(
+    rows: u64,
+) -> (
+    TestWarehouse,
+    std::path::PathBuf,
+    TestServer,
+    tokio_postgres::Client,
+) {
     let wh = TestWarehouse::with(|c| c.users = users()).await;
-    let exports = wh.generate("exports", ROWS, SEED);
-    let elsewhere = wh.generate("elsewhere", 100, 12);
+    let exports = wh.generate("exports", rows, SEED);
     let mut config = wh.config();
     config.load_locations = vec![exports.display().to_string()];
     let server = TestServer::start(config).await;
-    let reader = server
-        .connect_with("user=ana password=ana-pw")
-        .await
-        .unwrap();
     let loader = server
         .connect_with("user=lou password=lou-pw")
+        .await
+        .unwrap();
+    (wh, exports, server, loader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loaders_copy_traces_from_the_load_locations_only() {
+    let (wh, exports, server, loader) = serving_exports(ROWS).await;
+    let elsewhere = wh.generate("elsewhere", 100, 12);
+    let reader = server
+        .connect_with("user=ana password=ana-pw")
         .await
         .unwrap();
     let source = format!("{}/*.parquet", exports.display());
@@ -235,15 +249,7 @@ async fn copies_sent_at_once_each_apply_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_stopped_by_its_timeout_loads_all_or_nothing() {
     const BIG: u64 = 60_000;
-    let wh = TestWarehouse::with(|c| c.users = users()).await;
-    let exports = wh.generate("exports", BIG, SEED);
-    let mut config = wh.config();
-    config.load_locations = vec![exports.display().to_string()];
-    let server = TestServer::start(config).await;
-    let loader = server
-        .connect_with("user=lou password=lou-pw")
-        .await
-        .unwrap();
+    let (_wh, exports, server, loader) = serving_exports(BIG).await;
     let copy = format!("COPY traces FROM '{}'", exports.display());
     ok(&loader, "SET statement_timeout = '150ms'").await;
     let stopped = loader.execute(&copy, &[]).await;

@@ -177,9 +177,6 @@ async fn run_copy(
     };
     let mut resolved = Vec::with_capacity(files.len());
     for file in &files {
-        if file.contains(['*', '?', '[']) {
-            return Err(outside(file));
-        }
         // local files are named `file:/path`: checked and loaded as their real path
         let place = match url::Url::parse(file) {
             Ok(u) if u.scheme() == "file" => {
@@ -188,15 +185,12 @@ async fn run_copy(
                     .ok()
                     .and_then(|p| std::fs::canonicalize(p).ok())
                     .ok_or_else(|| outside(file))?;
-                let real = real.to_str().ok_or_else(|| outside(file))?.to_string();
-                if real.contains(['*', '?', '[']) {
-                    return Err(outside(file));
-                }
-                real
+                real.to_str().ok_or_else(|| outside(file))?.to_string()
             }
             _ => file.clone(),
         };
-        if !access.locations.may_load(&place, warehouse.root()) {
+        // loaded by exact name: a glob character would make it a pattern again
+        if place.contains(['*', '?', '[']) || !access.locations.may_load(&place, warehouse.root()) {
             return Err(outside(file));
         }
         resolved.push(place);
