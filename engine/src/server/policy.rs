@@ -104,11 +104,11 @@ impl Place {
             }
             return if url.scheme() == "file" {
                 Some(Place::Local(resolve(&url.to_file_path().ok()?)))
-            } else if url
-                .path()
-                .split('/')
-                .any(|p| p == ".." || p == "." || p.contains('%'))
+            } else if url.path().split('/').any(|p| p == ".." || p == ".")
+                || object_path(&url).is_none()
             {
+                // the stores read the percent-decoded path: a key that decodes to `..`,
+                // `.`, an empty segment or invalid UTF-8 is not a place that can be compared
                 None
             } else {
                 Some(Place::Remote(url))
@@ -132,12 +132,11 @@ impl Place {
         match (self, base) {
             (Place::Local(path), Place::Local(base)) => path.starts_with(base),
             (Place::Remote(url), Place::Remote(base)) => {
+                // compared as the stores read them: percent-decoded segments
                 let segments = |u: &Url| -> Vec<String> {
-                    u.path()
-                        .split('/')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string)
-                        .collect()
+                    object_path(u)
+                        .map(|p| p.parts().map(|part| part.as_ref().to_string()).collect())
+                        .unwrap_or_default()
                 };
                 // `s3a://b` is `s3://b`, `azure://c` is `az://c`: one bucket, one container
                 let store = |scheme: &str| match scheme {
@@ -153,6 +152,12 @@ impl Place {
             _ => false,
         }
     }
+}
+
+/// The object key an object store reads for `url` (its path percent-decoded, as
+/// DataFusion's listing and the loader decode it); `None` when no store would accept it.
+fn object_path(url: &Url) -> Option<object_store::path::Path> {
+    object_store::path::Path::from_url_path(url.path()).ok()
 }
 
 /// `path` with its longest existing ancestor resolved (symbolic links followed), the rest
@@ -562,5 +567,30 @@ mod tests {
         assert!(!locations.may_load("s3://data/wh/traces/x.parquet", &root));
         assert!(!locations.may_load("s3a://data/wh/rejects/", &root));
         assert!(!locations.may_load("s3://other/exports/a.parquet", &root));
+    }
+
+    #[test]
+    fn object_keys_are_compared_as_the_stores_decode_them() {
+        let locations = Locations::new(None, &[], &["s3://data/exports/".to_string()]).unwrap();
+        let root = url::Url::parse("s3://data/wh/").unwrap();
+        // spaces and accented letters in keys are ordinary objects
+        assert!(locations.may_load("s3://data/exports/ventes%20%C3%A9t%C3%A9.parquet", &root));
+        assert!(locations.may_load("s3://data/exports/day=2026-11-01/a.parquet", &root));
+        // an encoded prefix is the same prefix
+        assert!(locations.may_load("s3://data/%65xports/a.parquet", &root));
+        // what leaves the prefix once decoded, an empty segment or a byte that is not
+        // UTF-8 is refused
+        assert!(!locations.may_load("s3://data/exports/%2e%2e/wh/traces/x.parquet", &root));
+        // URL parsing resolves `%2e` segments before anything reads the path: this is
+        // exports/a.parquet for the check and for the store alike
+        assert!(locations.may_load("s3://data/exports/%2E/a.parquet", &root));
+        assert!(!locations.may_load("s3://data/exports//a.parquet", &root));
+        assert!(!locations.may_load("s3://data/exports/%FF.parquet", &root));
+        // an encoded slash splits a segment, as the store reads it: still inside
+        assert!(locations.may_load("s3://data/exports%2Fa.parquet", &root));
+        assert!(!locations.may_load("s3://data/export%2Fa.parquet", &root));
+        // the warehouse reached through an encoded name is still the warehouse
+        let wide = Locations::new(None, &[], &["s3://data/".to_string()]).unwrap();
+        assert!(!wide.may_load("s3://data/w%68/traces/x.parquet", &root));
     }
 }
