@@ -159,6 +159,7 @@ fn main() -> anyhow::Result<()> {
                 on_error,
                 progress: true,
                 stop: None,
+                report: None,
             };
             keep_freed_memory();
             let record = runtime

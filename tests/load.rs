@@ -251,6 +251,32 @@ async fn ndjson_sources_load_like_csv() {
     assert_eq!(rows[1], ["j2", "0.0", "1.25", "true"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ndjson_columns_first_present_past_the_first_block_are_loaded() {
+    let wh = TestWarehouse::new().await;
+    let path = wh.path("late.ndjson");
+    let mut text = String::new();
+    // more than the first block read (8 MB) of records without csat, then records with it
+    for i in 0..50_000 {
+        text.push_str(&format!(
+            "{{\"contact_id\":\"n{i}\",\"customer_id\":\"u{i}\",\"ts\":\"2026-03-02T09:15:00Z\",\"channel\":\"phone\",\"declaration\":\"Billing/Invoice/A rather long leaf name to make the lines longer\",\"handle_s\":360}}\n"
+        ));
+    }
+    for i in 0..1_000 {
+        text.push_str(&format!(
+            "{{\"contact_id\":\"late{i}\",\"customer_id\":\"v{i}\",\"ts\":\"2026-03-03T09:15:00Z\",\"channel\":\"chat\",\"declaration\":\"Billing/Invoice\",\"csat\":5,\"nps\":9}}\n"
+        ));
+    }
+    assert!(text.len() > 9 << 20, "{} bytes", text.len());
+    std::fs::write(&path, text).unwrap();
+    let record = wh.load(&[&path], LoadOptions::default()).await.unwrap();
+    assert_eq!(record.rows_loaded, 51_000);
+    let rows = wh
+        .query("SELECT count(csat), count(nps), min(csat) FROM traces")
+        .await;
+    assert_eq!(rows[0], ["1000", "1000", "5"]);
+}
+
 /// Copy every file of `from` into a new folder `to` under other names: the same contacts
 /// from other sources.
 fn copy_sources(wh: &TestWarehouse, from: &std::path::Path, to: &str) -> std::path::PathBuf {

@@ -271,13 +271,17 @@ async fn admins_write_only_inside_export_dir_and_read_only_inside_external_locat
     assert_eq!(sqlstate(&root, "INSERT INTO e VALUES (8)").await, "42501");
     let files = std::fs::read_dir(&shared).unwrap().count();
     assert_eq!(files, 2, "a file was written into the shared folder");
-    for outside in [inside.clone(), shared.join("link.parquet")] {
+    // the folder itself holds that link: reading it would follow the link out
+    for outside in [inside.clone(), shared.join("link.parquet"), shared.clone()] {
         assert_eq!(
             sqlstate(&root, &external("o", &outside)).await,
             "42501",
             "{outside:?}"
         );
     }
+    std::fs::remove_file(shared.join("link.parquet")).unwrap();
+    ok(&root, &external("o", &shared)).await;
+    assert_eq!(ok(&root, "SELECT count(*) FROM o").await, [["1"]]);
     server.stop().await;
 }
 

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::cubes::build::NewRows;
 use crate::warehouse::{Warehouse, WarehouseError};
 use derive::Deriver;
-use source::Format;
+pub use source::{Format, SourceFile};
 use validate::{RowError, Validator};
 
 /// How many row errors a failed load lists before summarising the rest.
@@ -63,6 +63,28 @@ pub struct LoadOptions {
     /// Stops the load at its next safe point before the commit (then nothing is written,
     /// and it fails with [`LoadError::Stopped`]); once the commit has begun it goes on.
     pub stop: Option<tokio_util::sync::CancellationToken>,
+    /// Kept up to date as the load goes, for a caller that reports progress.
+    pub report: Option<Arc<LoadProgress>>,
+}
+
+/// How far a running load got.
+#[derive(Debug, Default)]
+pub struct LoadProgress {
+    rows_read: std::sync::atomic::AtomicU64,
+    read_all: std::sync::atomic::AtomicBool,
+}
+
+impl LoadProgress {
+    /// `Reading N rows so far`, or, once every source is read, what comes after.
+    pub fn describe(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let rows = self.rows_read.load(Relaxed);
+        if self.read_all.load(Relaxed) {
+            format!("all {rows} rows read; writing, checking for duplicates and committing")
+        } else {
+            format!("{rows} rows read so far")
+        }
+    }
 }
 
 impl LoadOptions {
@@ -73,6 +95,12 @@ impl LoadOptions {
             _ => Ok(()),
         }
     }
+}
+
+/// What a load reads: names to resolve, or files already resolved (and checked).
+enum Sources {
+    Urls(Vec<String>),
+    Files(Vec<SourceFile>),
 }
 
 /// A bad row and the file it came from.
@@ -114,7 +142,7 @@ pub enum LoadError {
         source_url: String,
         columns: Vec<String>,
     },
-    #[error("{} bad row(s); the load was aborted and nothing was written (use --on-error quarantine to load the good rows):\n{}", count, listed(errors, *count))]
+    #[error("{} bad row(s); the load was aborted and nothing was written (to load the good rows and keep the bad ones in `rejects`: `--on-error quarantine` on the command line, `WITH (ON_ERROR 'quarantine')` in COPY):\n{}", count, listed(errors, *count))]
     BadRows {
         count: u64,
         errors: Vec<SourceRowError>,
@@ -273,12 +301,18 @@ impl<'a> Loader<'a> {
         &self,
         urls: &[String],
         format: Option<Format>,
-    ) -> Result<Vec<String>, LoadError> {
-        Ok(source::resolve(&self.ctx, urls, format)
-            .await?
-            .into_iter()
-            .map(|f| f.url)
-            .collect())
+    ) -> Result<Vec<SourceFile>, LoadError> {
+        source::resolve(&self.ctx, urls, format).await
+    }
+
+    /// Load `files` as [`Loader::resolve`] found them (and the caller checked them): the
+    /// same objects are read, not a new listing of their names.
+    pub async fn load_files(
+        &self,
+        files: Vec<SourceFile>,
+        options: &LoadOptions,
+    ) -> Result<LoadRecord, LoadError> {
+        self.load_sources(Sources::Files(files), options).await
     }
 
     /// Load `urls` atomically: all their new rows are committed in one Delta commit, or
@@ -286,6 +320,15 @@ impl<'a> Loader<'a> {
     pub async fn load(
         &self,
         urls: &[String],
+        options: &LoadOptions,
+    ) -> Result<LoadRecord, LoadError> {
+        self.load_sources(Sources::Urls(urls.to_vec()), options)
+            .await
+    }
+
+    async fn load_sources(
+        &self,
+        sources: Sources,
         options: &LoadOptions,
     ) -> Result<LoadRecord, LoadError> {
         let started_at = now_micros();
@@ -301,7 +344,7 @@ impl<'a> Loader<'a> {
         // is dropped (a cancelled COPY) after its commit
         let _ended = LoadEnded;
         let result = self
-            .run_marked(&marker, &load_id, started_at, urls, options)
+            .run_marked(&marker, &load_id, started_at, sources, options)
             .await;
         marker.finish().await;
         result
@@ -312,19 +355,35 @@ impl<'a> Loader<'a> {
         marker: &inflight::Inflight,
         load_id: &str,
         started_at: i64,
-        urls: &[String],
+        sources: Sources,
         options: &LoadOptions,
     ) -> Result<LoadRecord, LoadError> {
         let load_id = load_id.to_string();
+        let urls = match &sources {
+            Sources::Urls(urls) => urls.clone(),
+            Sources::Files(files) => files.iter().map(|f| f.url.clone()).collect(),
+        };
         commit::reconcile_loads(self.warehouse, &self.ctx).await?;
-        let mut result = self.run(marker, &load_id, started_at, urls, options).await;
+        let files = match sources {
+            Sources::Files(files) => Ok(files),
+            Sources::Urls(urls) => source::resolve(&self.ctx, &urls, options.format).await,
+        };
+        let mut result = match &files {
+            Ok(files) => self.run(marker, &load_id, started_at, files, options).await,
+            Err(_) => Ok(Run::Again),
+        };
         for _ in 1..MAX_RESTARTS {
+            let Ok(files) = &files else { break };
             if !matches!(result, Ok(Run::Again)) {
                 break;
             }
             tracing::info!("a concurrent load committed some of the same sources: loading again");
-            result = self.run(marker, &load_id, started_at, urls, options).await;
+            result = self.run(marker, &load_id, started_at, files, options).await;
         }
+        let result = match (files, result) {
+            (Err(e), _) => Err(e),
+            (Ok(_), result) => result,
+        };
         let result = match result {
             Ok(Run::Done(record)) => Ok(record),
             Ok(Run::Again) => Err(LoadError::Contended {
@@ -351,10 +410,10 @@ impl<'a> Loader<'a> {
         marker: &inflight::Inflight,
         load_id: &str,
         started_at: i64,
-        urls: &[String],
+        files: &[SourceFile],
         options: &LoadOptions,
     ) -> Result<Run, LoadError> {
-        let files = source::resolve(&self.ctx, urls, options.format).await?;
+        let files = files.to_vec();
         let mut traces = self
             .warehouse
             .table(crate::warehouse::Table::Traces)
@@ -415,6 +474,11 @@ impl<'a> Loader<'a> {
             stager.abandon().await;
         }
         read?;
+        if let Some(report) = &options.report {
+            report
+                .read_all
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         record.rows_rejected = rejected.len() as u64;
         if failing {
             bar.abandon_with_message("aborted: bad rows");
@@ -673,6 +737,11 @@ impl<'a> Loader<'a> {
                 let (rows, bad, derived) =
                     joined.map_err(|e| LoadError::Staging(e.to_string()))??;
                 record.rows_read += rows;
+                if let Some(report) = &options.report {
+                    report
+                        .rows_read
+                        .store(record.rows_read, std::sync::atomic::Ordering::Relaxed);
+                }
                 rejected.extend(bad.into_iter().map(|error| SourceRowError {
                     source_url: file.url.clone(),
                     error,

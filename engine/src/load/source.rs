@@ -80,28 +80,32 @@ impl SourceFile {
     /// The file's bytes in blocks of [`BLOCK_BYTES`], the next one fetched while the
     /// current one is decoded.
     fn blocks(&self) -> BoxStream<'static, Result<Bytes, LoadError>> {
-        let (store, location, size) = (
-            Arc::clone(&self.store),
-            self.meta.location.clone(),
-            self.meta.size,
-        );
+        let file = self.object_file();
+        let size = self.meta.size;
         let url = self.url.clone();
         futures::stream::iter((0..size).step_by(BLOCK_BYTES as usize))
             .map(move |start| {
-                let (store, location, url) = (Arc::clone(&store), location.clone(), url.clone());
+                let (file, url) = (file.clone(), url.clone());
                 async move {
                     let end = (start + BLOCK_BYTES).min(size);
-                    store
-                        .get_range(&location, start..end)
-                        .await
-                        .map_err(|e| LoadError::Read {
-                            source_url: url,
-                            message: e.to_string(),
-                        })
+                    file.range(start..end).await.map_err(|e| LoadError::Read {
+                        source_url: url,
+                        message: e.to_string(),
+                    })
                 }
             })
             .buffered(2)
             .boxed()
+    }
+
+    /// The file as listed: every read is of that version (same ETag), or fails.
+    fn object_file(&self) -> ObjectFile {
+        ObjectFile::new(
+            Arc::clone(&self.store),
+            self.meta.location.clone(),
+            self.meta.size,
+        )
+        .pinned(self.meta.e_tag.clone())
     }
 
     /// Read the file as a stream of batches of at most [`BATCH_ROWS`] rows, holding one
@@ -123,11 +127,7 @@ impl SourceFile {
         };
         match self.format {
             Format::Parquet => {
-                let reader = ObjectFile::new(
-                    Arc::clone(&self.store),
-                    self.meta.location.clone(),
-                    self.meta.size,
-                );
+                let reader = self.object_file();
                 let builder = ParquetRecordBatchStreamBuilder::new(reader)
                     .await
                     .map_err(|e| read_err(e.to_string()))?
@@ -168,7 +168,19 @@ impl SourceFile {
                     arrow::json::reader::infer_json_schema(Cursor::new(&head[..complete]), None)
                         .map_err(|e| read_err(format!("cannot read NDJSON: {e}")))?;
                 let schema = text_schema(inferred.fields().iter().map(|f| f.name().clone()));
-                let decoder = arrow::json::ReaderBuilder::new(Arc::clone(&schema))
+                // the columns are those of the first records, checked as the file's; the
+                // records are decoded with every trace column too, so that one first
+                // present further on (a survey score only some records have) is read,
+                // not dropped
+                let late = tracecube_datasets::input_schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .filter(|n| schema.field_with_name(n).is_err())
+                    .collect::<Vec<_>>();
+                let decoded_as =
+                    text_schema(schema.fields().iter().map(|f| f.name().clone()).chain(late));
+                let decoder = arrow::json::ReaderBuilder::new(decoded_as)
                     .with_coerce_primitive(true)
                     .with_batch_size(BATCH_ROWS)
                     .build_decoder()
@@ -179,12 +191,125 @@ impl SourceFile {
     }
 }
 
-/// A Parquet file of an object store, read by ranges: its footer, then the column chunks
-/// of one row group at a time.
+impl SourceFile {
+    /// This local file opened once: named as the kernel resolved the name (every link,
+    /// in any folder of the path, followed) and described by the open file's own
+    /// metadata. Reads are pinned to that file's ETag (inode, mtime, size): a link or
+    /// another file put at the name after this call is never read. `None` for a file
+    /// of an object store.
+    pub fn opened_local(&self) -> Option<std::io::Result<SourceFile>> {
+        if !self.url.starts_with("file:") {
+            return None;
+        }
+        Some(self.open_local())
+    }
+
+    fn open_local(&self) -> std::io::Result<SourceFile> {
+        let path = object_store::local::LocalFileSystem::new()
+            .path_to_filesystem(&self.meta.location)
+            .map_err(std::io::Error::other)?;
+        let file = std::fs::File::open(&path)?;
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a file",
+                path.display()
+            )));
+        }
+        let real = opened_path(&file, &path)?;
+        let location =
+            object_store::path::Path::from_absolute_path(&real).map_err(std::io::Error::other)?;
+        let last_modified = metadata
+            .modified()
+            .map(chrono::DateTime::<chrono::Utc>::from)
+            .unwrap_or_default();
+        let meta = ObjectMeta {
+            e_tag: Some(local_e_tag(&metadata)),
+            size: metadata.len(),
+            last_modified,
+            location,
+            version: None,
+        };
+        Ok(SourceFile {
+            url: format!("file://{}", absolute(&meta.location)),
+            store: Arc::clone(&self.store),
+            meta,
+            format: self.format,
+        })
+    }
+
+    /// The place the policy checks: the real path of a local file, or the object's URL
+    /// with each segment of its key percent-encoded (checked as the store reads it).
+    pub fn place(&self) -> Option<String> {
+        if self.url.starts_with("file:") {
+            return object_store::local::LocalFileSystem::new()
+                .path_to_filesystem(&self.meta.location)
+                .ok()
+                .and_then(|p| p.to_str().map(str::to_string));
+        }
+        let at = self.url.find("://")? + 3;
+        let end = self.url[at..].find('/').map_or(self.url.len(), |i| i + at);
+        let mut url = url::Url::parse(&self.url[..end]).ok()?;
+        url.path_segments_mut()
+            .ok()?
+            .clear()
+            .extend(self.meta.location.parts().map(|p| p.as_ref().to_string()));
+        Some(url.to_string())
+    }
+}
+
+/// The name the kernel gives the open `file` (every link resolved): on Linux read from
+/// `/proc/self/fd`, elsewhere `path` resolved once more.
+fn opened_path(
+    file: &std::fs::File,
+    path: &std::path::Path,
+) -> std::io::Result<std::path::PathBuf> {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = path;
+        use std::os::fd::AsRawFd;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+        // a file removed since it was opened: " (deleted)" is appended to its name
+        if !real.exists() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} was removed", real.display()),
+            ));
+        }
+        Ok(real)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        std::fs::canonicalize(path)
+    }
+}
+
+/// The ETag `object_store`'s local store gives a file (inode, mtime in microseconds,
+/// size), so that its reads can be pinned to the file opened here.
+fn local_e_tag(metadata: &std::fs::Metadata) -> String {
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(metadata);
+    #[cfg(not(unix))]
+    let inode = 0u64;
+    let mtime = metadata
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::SystemTime::UNIX_EPOCH).ok())
+        .unwrap_or_default()
+        .as_micros();
+    let size = metadata.len();
+    format!("{inode:x}-{mtime:x}-{size:x}")
+}
+
+/// A file of an object store read by ranges (a Parquet file: its footer, then the column
+/// chunks of one row group at a time), optionally pinned to one version by its ETag.
+#[derive(Clone)]
 pub struct ObjectFile {
     store: Arc<dyn ObjectStore>,
     location: object_store::path::Path,
     size: u64,
+    e_tag: Option<String>,
 }
 
 impl ObjectFile {
@@ -193,6 +318,38 @@ impl ObjectFile {
             store,
             location,
             size,
+            e_tag: None,
+        }
+    }
+
+    /// Every read fails unless the object still has this ETag: an object replaced while
+    /// a load reads it (or, for a local file, another file put at its name) is never
+    /// read half from one version and half from another.
+    pub fn pinned(mut self, e_tag: Option<String>) -> Self {
+        self.e_tag = e_tag;
+        self
+    }
+
+    async fn range(&self, range: std::ops::Range<u64>) -> object_store::Result<Bytes> {
+        let Some(e_tag) = &self.e_tag else {
+            return self.store.get_range(&self.location, range).await;
+        };
+        let options = object_store::GetOptions {
+            range: Some(range.into()),
+            if_match: Some(e_tag.clone()),
+            ..Default::default()
+        };
+        let read = self.store.get_opts(&self.location, options).await;
+        match read {
+            Err(object_store::Error::Precondition { .. }) => Err(object_store::Error::Generic {
+                store: "source",
+                source: format!(
+                    "{} changed while it was being loaded (its ETag is no longer {e_tag}): load it again",
+                    self.location
+                )
+                .into(),
+            }),
+            other => other?.bytes().await,
         }
     }
 }
@@ -203,8 +360,7 @@ impl AsyncFileReader for ObjectFile {
         range: std::ops::Range<u64>,
     ) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         async move {
-            self.store
-                .get_range(&self.location, range)
+            self.range(range)
                 .await
                 .map_err(|e| ParquetError::External(Box::new(e)))
         }
@@ -423,6 +579,80 @@ fn absolute(path: &object_store::path::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn listed(ctx: &SessionContext, path: &std::path::Path) -> SourceFile {
+        let url = path.to_str().unwrap().to_string();
+        resolve(ctx, &[url], Some(Format::Csv))
+            .await
+            .unwrap()
+            .remove(0)
+    }
+
+    async fn read_all(file: &SourceFile) -> Result<Vec<u8>, LoadError> {
+        let mut bytes = Vec::new();
+        let mut blocks = file.blocks();
+        while let Some(block) = blocks.next().await {
+            bytes.extend_from_slice(&block?);
+        }
+        Ok(bytes)
+    }
+
+    #[tokio::test]
+    async fn a_file_replaced_after_it_was_listed_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (name, other) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
+        std::fs::write(&name, "first version\n").unwrap();
+        std::fs::write(&other, "other file!!!\n").unwrap();
+        let ctx = SessionContext::new();
+        let file = listed(&ctx, &name).await;
+        assert_eq!(read_all(&file).await.unwrap(), b"first version\n");
+        // same size, another file at the name
+        std::fs::rename(&other, &name).unwrap();
+        let e = read_all(&file).await.unwrap_err().to_string();
+        assert!(e.contains("changed while it was being loaded"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_local_file_opened_once_is_named_by_its_real_path_and_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let inside = dir.path().join("in");
+        let outside = dir.path().join("out");
+        std::fs::create_dir_all(&inside).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret.csv"), "secret\n").unwrap();
+        std::fs::write(inside.join("real.csv"), "public\n").unwrap();
+        std::os::unix::fs::symlink(outside.join("secret.csv"), inside.join("x.csv")).unwrap();
+        let ctx = SessionContext::new();
+        // a link: named by where it leads, as the check must see it
+        let opened = listed(&ctx, &inside.join("x.csv"))
+            .await
+            .opened_local()
+            .unwrap()
+            .unwrap();
+        let real = std::fs::canonicalize(outside.join("secret.csv")).unwrap();
+        assert_eq!(opened.place().unwrap(), real.to_str().unwrap());
+        // a plain file, then a link swapped in at its name after it was opened
+        let name = inside.join("swap.csv");
+        std::fs::write(&name, "public\n").unwrap();
+        let opened = listed(&ctx, &name).await.opened_local().unwrap().unwrap();
+        assert_eq!(
+            opened.place().unwrap(),
+            std::fs::canonicalize(&name).unwrap().to_str().unwrap()
+        );
+        std::fs::remove_file(&name).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret.csv"), &name).unwrap();
+        let e = read_all(&opened).await.unwrap_err().to_string();
+        assert!(!e.contains("secret"), "{e}");
+        // an object store's file is not opened here
+        assert!(
+            SourceFile {
+                url: "s3://b/k.csv".into(),
+                ..opened.clone()
+            }
+            .opened_local()
+            .is_none()
+        );
+    }
 
     #[test]
     fn globs_in_object_store_urls_are_patterns_under_their_folder() {

@@ -30,6 +30,7 @@ impl CopyFrom {
             on_error: self.on_error,
             progress: false,
             stop: None,
+            report: None,
         }
     }
 }

@@ -138,10 +138,12 @@ impl Place {
                         .map(|p| p.parts().map(|part| part.as_ref().to_string()).collect())
                         .unwrap_or_default()
                 };
-                // `s3a://b` is `s3://b`, `azure://c` is `az://c`: one bucket, one container
+                // `s3a://b` is `s3://b`; `azure://c`, `abfs://c`, `abfss://c` and `adl://c`
+                // are `az://c` (the schemes object_store reads as one kind of store): one
+                // bucket, one container
                 let store = |scheme: &str| match scheme {
                     "s3a" => "s3".to_string(),
-                    "azure" => "az".to_string(),
+                    "azure" | "abfs" | "abfss" | "adl" => "az".to_string(),
                     other => other.to_string(),
                 };
                 store(url.scheme()) == store(base.scheme())
@@ -158,6 +160,36 @@ impl Place {
 /// DataFusion's listing and the loader decode it); `None` when no store would accept it.
 fn object_path(url: &Url) -> Option<object_store::path::Path> {
     object_store::path::Path::from_url_path(url.path()).ok()
+}
+
+/// Whether every file and folder under `path` (links followed) lies inside `base`; a
+/// folder too large to walk (past 100 000 entries) is refused.
+fn links_stay_within(path: &Path, base: &Path) -> bool {
+    const MAX_ENTRIES: usize = 100_000;
+    let mut pending = vec![path.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(next) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            // a file, or nothing yet
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > MAX_ENTRIES {
+                return false;
+            }
+            match std::fs::canonicalize(entry.path()) {
+                Ok(real) if real.starts_with(base) => {
+                    if real.is_dir() {
+                        pending.push(real);
+                    }
+                }
+                // a link out of the location, or a dangling one
+                _ => return false,
+            }
+        }
+    }
+    true
 }
 
 /// `path` with its longest existing ancestor resolved (symbolic links followed), the rest
@@ -234,7 +266,19 @@ impl Locations {
     }
 
     fn may_read(&self, location: &str) -> bool {
-        Place::of(location).is_some_and(|l| self.external.iter().any(|base| l.within(base)))
+        let Some(place) = Place::of(location) else {
+            return false;
+        };
+        let Some(base) = self.external.iter().find(|base| place.within(base)) else {
+            return false;
+        };
+        match (&place, base) {
+            // a link inside the folder that leads out of the external location is refused
+            // when the table is created (a link added later is followed: who may write
+            // into an external location decides what admins can read there)
+            (Place::Local(path), Place::Local(base)) => links_stay_within(path, base),
+            _ => true,
+        }
     }
 }
 
@@ -437,7 +481,7 @@ impl Policy<'_> {
                     None if !table.locations.is_empty() => Ok(()),
                     outside => Err(Forbidden(format!(
                         "CREATE EXTERNAL TABLE {} reads '{}': external tables read only inside \
-                         external_locations{}",
+                         external_locations (links inside the folder included){}",
                         table.name,
                         outside.map_or("", String::as_str),
                         if self.locations.external.is_empty() {
@@ -567,6 +611,12 @@ mod tests {
         assert!(!locations.may_load("s3://data/wh/traces/x.parquet", &root));
         assert!(!locations.may_load("s3a://data/wh/rejects/", &root));
         assert!(!locations.may_load("s3://other/exports/a.parquet", &root));
+        let azure = Locations::new(None, &[], &["abfss://c/".to_string()]).unwrap();
+        let root = url::Url::parse("az://c/wh/").unwrap();
+        assert!(azure.may_load("az://c/exports/a.parquet", &root));
+        for alias in ["az", "azure", "abfs", "abfss", "adl"] {
+            assert!(!azure.may_load(&format!("{alias}://c/wh/traces/x.parquet"), &root));
+        }
     }
 
     #[test]

@@ -152,8 +152,9 @@ async fn run_copy(
     warehouse: &crate::Warehouse,
     copy: &super::copy_from::CopyFrom,
     halt: tokio_util::sync::CancellationToken,
+    report: Arc<crate::load::LoadProgress>,
     user: &str,
-) -> PgWireResult<Response> {
+) -> PgWireResult<CopyDone> {
     // one COPY at a time: each may hold `load_memory_mb` of rows
     let _permit = tokio::select! {
         permit = access.copy_permit.acquire() => permit
@@ -163,8 +164,10 @@ async fn run_copy(
     let loader = crate::load::Loader::new(warehouse);
     let failed = |e: crate::load::LoadError| user_error(load_sqlstate(&e), e.to_string());
     // what the source names, file by file (globs expanded, links followed), is checked
-    // again, then loaded by its resolved name: a glob or a link cannot reach past the load
-    // locations or into the warehouse, and a link swapped in after the check is not read
+    // again, and exactly those files are loaded: a local file is opened once and checked
+    // by the name the kernel resolved for it, and every read of a file (local or not) is
+    // pinned to the version checked, so a glob, a link or a file swapped in after the
+    // check cannot reach past the load locations or into the warehouse
     let files = loader
         .resolve(std::slice::from_ref(&copy.source), copy.format)
         .await
@@ -175,37 +178,66 @@ async fn run_copy(
             copy.source
         )))
     };
-    let mut resolved = Vec::with_capacity(files.len());
-    for file in &files {
-        // local files are named `file:/path`: checked and loaded as their real path
-        let place = match url::Url::parse(file) {
-            Ok(u) if u.scheme() == "file" => {
-                let real = u
-                    .to_file_path()
-                    .ok()
-                    .and_then(|p| std::fs::canonicalize(p).ok())
-                    .ok_or_else(|| outside(file))?;
-                real.to_str().ok_or_else(|| outside(file))?.to_string()
+    let mut checked = Vec::with_capacity(files.len());
+    for file in files {
+        let file = match file.opened_local() {
+            None => file,
+            Some(Ok(opened)) => opened,
+            Some(Err(e)) => {
+                return Err(user_error(
+                    "58P01",
+                    format!("COPY traces FROM: cannot open {}: {e}", file.url),
+                ));
             }
-            _ => file.clone(),
         };
-        // loaded by exact name: a glob character would make it a pattern again
+        let place = file.place().ok_or_else(|| outside(&file.url))?;
+        // a glob character in the name: refused as in the name the COPY gives
         if place.contains(['*', '?', '[']) || !access.locations.may_load(&place, warehouse.root()) {
-            return Err(outside(file));
+            return Err(outside(&file.url));
         }
-        resolved.push(place);
+        checked.push(file);
     }
     let mut options = copy.options();
     options.stop = Some(halt);
-    let record = loader.load(&resolved, &options).await.map_err(failed)?;
+    options.report = Some(report);
+    let record = loader.load_files(checked, &options).await.map_err(failed)?;
     // the rows are visible to the next statement of every connection
     if let Err(e) = cubes.refresh().await {
         tracing::warn!("after COPY: the cubes and traces snapshot were not refreshed: {e}");
     }
     tracing::info!("COPY by {user}: {}", record.summary_line());
-    Ok(Response::Execution(
-        Tag::new("COPY").with_rows(record.rows_loaded as usize),
-    ))
+    // what the row count alone does not say: files already loaded, rows skipped as
+    // duplicates or kept in `rejects`
+    let notable = record.files_skipped > 0 || record.rows_duplicate > 0 || record.rows_rejected > 0;
+    Ok(CopyDone {
+        response: Response::Execution(Tag::new("COPY").with_rows(record.rows_loaded as usize)),
+        notice: notable.then(|| format!("COPY traces: {}", record.summary_line())),
+    })
+}
+
+/// How often a running COPY tells its client how far it got (and finds out whether the
+/// client is still there).
+const COPY_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A finished COPY: its command tag and a notice for its client.
+struct CopyDone {
+    response: Response,
+    notice: Option<String>,
+}
+
+/// A `NOTICE` message.
+fn notice(text: String) -> PgWireBackendMessage {
+    PgWireBackendMessage::NoticeResponse(
+        ErrorInfo::new("NOTICE".into(), "00000".into(), text).into(),
+    )
+}
+
+/// The SQLSTATE of an error answered to a client.
+fn sqlstate_of(error: &PgWireError) -> Option<&str> {
+    match error {
+        PgWireError::UserError(info) => Some(info.code.as_str()),
+        _ => None,
+    }
 }
 
 /// The answer of a `DELETE` or `UPDATE` as PostgreSQL gives it: its count in the command
@@ -588,12 +620,16 @@ impl QueryHandler {
     /// `COPY traces FROM …`: checked (role, table, location), run as a load of the
     /// warehouse, logged, answered `COPY <rows loaded>`; cancelled with the query (before
     /// its commit, the load writes nothing; a commit already made stays).
-    async fn copy_from<C: ClientInfo>(
+    async fn copy_from<C>(
         &self,
-        client: &C,
+        client: &mut C,
         query: &str,
         copy: Result<super::copy_from::CopyFrom, (&'static str, String)>,
-    ) -> PgWireResult<Response> {
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
         let identity = identity(client)?;
         let (scope, pending) = self.begin(client, query).await;
         let copy = match copy {
@@ -617,29 +653,62 @@ impl QueryHandler {
         // its next safe point before its commit (then nothing is written and the
         // statement fails as cancelled); once it commits, it finishes, as PostgreSQL
         // finishes a statement whose cancel comes too late.
-        // A client that goes away stops it too.
+        // A client that goes away stops it too: the progress notice sent every
+        // COPY_PROGRESS_EVERY cannot be written to it.
         let halt = tokio_util::sync::CancellationToken::new();
         let _halt_when_dropped = halt.clone().drop_guard();
         let (access, cubes) = (Arc::clone(&self.access), Arc::clone(&self.cubes));
         let user = identity.user.clone();
+        let report = Arc::new(crate::load::LoadProgress::default());
         let mut task = tokio::spawn({
-            let halt = halt.clone();
-            async move { run_copy(&access, &cubes, &warehouse, &copy, halt, &user).await }
+            let (halt, report) = (halt.clone(), Arc::clone(&report));
+            async move { run_copy(&access, &cubes, &warehouse, &copy, halt, report, &user).await }
         });
-        let joined = |r: Result<PgWireResult<Response>, tokio::task::JoinError>| {
+        let joined = |r: Result<PgWireResult<CopyDone>, tokio::task::JoinError>| {
             r.unwrap_or_else(|e| Err(user_error("XX000", format!("COPY failed: {e}"))))
         };
-        let mut result = tokio::select! {
-            r = &mut task => joined(r),
-            reason = stop.clone() => {
-                halt.cancel();
-                match joined(task.await) {
-                    Ok(done) => Ok(done),
-                    Err(_) => Err(reason.error()),
+        // the statement's own error when the load stopped because it was asked to, its
+        // real error when it failed otherwise meanwhile
+        let stopped = |result: PgWireResult<CopyDone>, why: PgWireError| match result {
+            Err(e) if sqlstate_of(&e) == Some("57014") => Err(why),
+            other => other,
+        };
+        let mut progress = tokio::time::interval_at(
+            tokio::time::Instant::now() + COPY_PROGRESS_EVERY,
+            COPY_PROGRESS_EVERY,
+        );
+        let done = loop {
+            tokio::select! {
+                r = &mut task => break joined(r),
+                reason = stop.clone() => {
+                    halt.cancel();
+                    break stopped(joined(task.await), reason.error());
+                }
+                _ = progress.tick() => {
+                    let notice = notice(format!("COPY traces: {}", report.describe()));
+                    if client.send(notice).await.is_err() {
+                        halt.cancel();
+                        let gone = user_error("08006", "COPY stopped: the client went away");
+                        break stopped(joined(task.await), gone);
+                    }
                 }
             }
-        }
-        .map(|r| vec![r]);
+        };
+        let mut result = match done {
+            Ok(CopyDone {
+                response,
+                notice: Some(text),
+            }) => {
+                // the rows are committed whether or not the client still hears of it
+                let _ = client.send(notice(text)).await;
+                Ok(vec![response])
+            }
+            Ok(CopyDone {
+                response,
+                notice: None,
+            }) => Ok(vec![response]),
+            Err(e) => Err(e),
+        };
         Self::finish(&scope, pending, &mut result);
         result.map(|mut r| r.remove(0))
     }
