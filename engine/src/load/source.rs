@@ -231,7 +231,7 @@ impl SourceFile {
             version: None,
         };
         Ok(SourceFile {
-            url: format!("file://{}", absolute(&meta.location)),
+            url: source_url(&url::Url::parse("file:///").expect("a URL"), &meta.location),
             store: Arc::clone(&self.store),
             meta,
             format: self.format,
@@ -525,11 +525,7 @@ pub async fn resolve(
                 }
             };
             files.push(SourceFile {
-                url: format!(
-                    "{}{}",
-                    base.as_str().trim_end_matches('/'),
-                    absolute(&meta.location)
-                ),
+                url: source_url(base.as_ref(), &meta.location),
                 store: store.clone(),
                 meta,
                 format: file_format,
@@ -570,6 +566,17 @@ fn listing_url(raw: &str) -> datafusion::error::Result<ListingTableUrl> {
     let folder = url::Url::parse(&raw[..folder_end])
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
     ListingTableUrl::try_new(folder, Some(pattern))
+}
+
+/// The URL a file of the store at `base` is known by in errors, `rejects.source` and the
+/// ledger of loaded files (`file:/data/a.csv`, `s3://bucket/exports/a.parquet`): one
+/// form for a file however it was named, so that it is loaded once.
+fn source_url(base: &url::Url, location: &object_store::path::Path) -> String {
+    format!(
+        "{}{}",
+        base.as_str().trim_end_matches('/'),
+        absolute(location)
+    )
 }
 
 fn absolute(path: &object_store::path::Path) -> String {
@@ -634,7 +641,11 @@ mod tests {
         // a plain file, then a link swapped in at its name after it was opened
         let name = inside.join("swap.csv");
         std::fs::write(&name, "public\n").unwrap();
-        let opened = listed(&ctx, &name).await.opened_local().unwrap().unwrap();
+        let as_listed = listed(&ctx, &name).await;
+        let opened = as_listed.opened_local().unwrap().unwrap();
+        // one name, one identity: loaded by `tracecube load` or by COPY, it is one file
+        assert_eq!(opened.url, as_listed.url);
+        assert_eq!(opened.identity(), as_listed.identity());
         assert_eq!(
             opened.place().unwrap(),
             std::fs::canonicalize(&name).unwrap().to_str().unwrap()
