@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod cubes;
 mod functions;
+mod journeys;
 mod load;
 mod s3;
 mod server;

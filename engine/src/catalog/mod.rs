@@ -268,7 +268,12 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseE
     ctx.register_table("impact_weights", Arc::new(weights_table))?;
     let slas = SlaTable::new(warehouse.config().sla_seconds.clone());
     Functions::new(slas, weights).register(&ctx, traces);
-    journeys::register(&ctx, warehouse.config().journey_gap_seconds()?).await?;
+    journeys::register(
+        &ctx,
+        Arc::clone(&cubes),
+        warehouse.config().journey_gap_seconds()?,
+    )
+    .await?;
 
     let loads = Arc::new(LiveTable::open(warehouse, Table::Loads).await?);
     system::register(&ctx, CATALOG, loads.clone(), Arc::clone(&cubes), queries)?;

@@ -695,5 +695,13 @@ async fn compact_marked(warehouse: &Warehouse) -> Result<CompactReport, CubeErro
             .cubes
             .push(compact_cube(warehouse, &def, before, after).await?);
     }
+    match crate::journeys::maintain::follow_compaction(warehouse, before, after).await {
+        Ok(r) => tracing::info!(
+            "journeys: {} (traces version {})",
+            r.action,
+            r.traces_version
+        ),
+        Err(e) => tracing::warn!("the stored journeys are stale until the next load: {e}"),
+    }
     Ok(report)
 }

@@ -59,6 +59,19 @@ pub struct CubeSnapshot {
     pub traces_version: Option<i64>,
     pub traces: Option<Arc<dyn TableProvider>>,
     pub cubes: Vec<ServedCube>,
+    /// The stored journeys, when they were ever written.
+    pub journeys: Option<StoredJourneys>,
+}
+
+/// The stored journeys as the server sees them: read only when
+/// `status.traces_version` is the snapshot's.
+#[derive(Debug, Clone)]
+pub struct StoredJourneys {
+    pub status: crate::journeys::maintain::JourneyStatus,
+    /// The versions of the two tables read.
+    versions: (i64, i64),
+    pub contacts: Arc<dyn TableProvider>,
+    pub summary: Arc<dyn TableProvider>,
 }
 
 impl CubeSnapshot {
@@ -77,6 +90,7 @@ struct Handles {
     commits: u64,
     traces: Option<DeltaTable>,
     cubes: Vec<Option<DeltaTable>>,
+    journeys: Option<[DeltaTable; 2]>,
 }
 
 /// The server's cubes.
@@ -118,6 +132,7 @@ impl CubeRegistry {
                 commits: 0,
                 traces: None,
                 cubes: vec![None; defs.len()],
+                journeys: None,
             }),
             defs,
             current: RwLock::new(Arc::new(CubeSnapshot::default())),
@@ -219,10 +234,23 @@ impl CubeRegistry {
             }
         }
         hold_in_memory(self.budget(), &previous, &mut cubes, false).await;
+        let journeys = match self
+            .read_journeys(&mut handles.journeys, previous.journeys.as_ref())
+            .await
+        {
+            Ok(j) => j,
+            Err(e) => {
+                // not used (the views read `traces`), opened anew at the next refresh
+                tracing::warn!("the stored journeys are not used: {e}");
+                handles.journeys = None;
+                None
+            }
+        };
         *self.current.write().expect("registry lock") = Arc::new(CubeSnapshot {
             traces_version,
             traces: Some(traces),
             cubes,
+            journeys,
         });
         handles.checked = Some(Instant::now());
         Ok(true)
@@ -263,6 +291,56 @@ impl CubeRegistry {
 }
 
 impl CubeRegistry {
+    /// The stored journeys at their latest versions (`None` while no load wrote them).
+    async fn read_journeys(
+        &self,
+        slot: &mut Option<[DeltaTable; 2]>,
+        known: Option<&StoredJourneys>,
+    ) -> Result<Option<StoredJourneys>, WarehouseError> {
+        let dirs = crate::journeys::maintain::dirs(self.warehouse.config().journey_gap_seconds()?);
+        if slot.is_none() {
+            let (Ok(contacts), Ok(summary)) = (
+                self.warehouse.open_dir(&dirs[0]).await,
+                self.warehouse.open_dir(&dirs[1]).await,
+            ) else {
+                return Ok(None);
+            };
+            if contacts.version().is_none() || summary.version().is_none() {
+                return Ok(None);
+            }
+            *slot = Some([contacts, summary]);
+        }
+        let [contacts, summary] = slot.as_mut().expect("opened above");
+        let versions = (
+            latest(contacts, &self.warehouse, &dirs[0])
+                .await?
+                .unwrap_or(-1),
+            latest(summary, &self.warehouse, &dirs[1])
+                .await?
+                .unwrap_or(-1),
+        );
+        if let Some(known) = known.filter(|k| k.versions == versions) {
+            return Ok(Some(known.clone()));
+        }
+        let status = crate::journeys::maintain::status(contacts, summary)
+            .await
+            .map_err(self.warehouse.dir_error(&dirs[1]))?;
+        let provider = |t: &DeltaTable, dir: &str| {
+            let t = t.clone();
+            let error = self.warehouse.dir_error(dir);
+            async move {
+                let p = t.table_provider().await.map_err(|e| error(e.into()))?;
+                Ok::<_, WarehouseError>(Arc::new(PruningOnly(p)) as Arc<dyn TableProvider>)
+            }
+        };
+        Ok(Some(StoredJourneys {
+            status,
+            versions,
+            contacts: provider(contacts, &dirs[0]).await?,
+            summary: provider(summary, &dirs[1]).await?,
+        }))
+    }
+
     /// The cube in `table` at its latest version (`known` when that is the version held).
     async fn read_cube(
         &self,

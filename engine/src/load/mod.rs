@@ -666,6 +666,14 @@ impl<'a> Loader<'a> {
         };
         self.refresh_cubes(new_rows, version - 1, was_empty, version, marker)
             .await;
+        bar.set_message("chaining journeys");
+        self.refresh_journeys(
+            stage::parts_table(&target, &parts),
+            version - 1,
+            was_empty,
+            version,
+        )
+        .await;
         if let Some(partials) = staged.partials.as_mut() {
             // files of cubes not committed (rebuilt instead, or none computed)
             partials.remove_files().await;
@@ -821,6 +829,41 @@ impl Loader<'_> {
             }
             Err(e) => tracing::warn!(
                 "the load is committed but a cube could not be refreshed and will not be used until rebuilt (tracecube compact): {e}"
+            ),
+        }
+    }
+}
+
+impl Loader<'_> {
+    /// Bring the stored journeys to the `traces` version a load committed. A failure is
+    /// logged and leaves them stale (the journey views then read `traces`; the next load
+    /// rebuilds them): the load itself is committed.
+    async fn refresh_journeys(
+        &self,
+        rows: Option<Arc<dyn datafusion::catalog::TableProvider>>,
+        before: i64,
+        before_was_empty: bool,
+        after: i64,
+    ) {
+        match crate::journeys::maintain::refresh_after_load(
+            self.warehouse,
+            rows,
+            before,
+            before_was_empty,
+            after,
+        )
+        .await
+        {
+            Ok(r) => tracing::info!(
+                "journeys: {} {} contacts, {} journeys in {:.2} s (traces version {})",
+                r.action,
+                r.contacts,
+                r.journeys,
+                r.seconds,
+                r.traces_version
+            ),
+            Err(e) => tracing::warn!(
+                "the load is committed but the stored journeys could not be refreshed; the journey views read traces until the next load rebuilds them: {e}"
             ),
         }
     }

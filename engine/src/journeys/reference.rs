@@ -1,18 +1,28 @@
-//! The cross-channel journey views of SPEC §1.4: `journeys` (one row per contact with
-//! `journey_id`, `journey_seq`, `prev_channel`), `journey_summary` (one row per
-//! journey, with FCR and give-up) and `channel_transitions`.
+//! The cross-channel journey views of SPEC §1.4 as window functions over `traces`:
+//! `journeys` (one row per contact with `journey_id`, `journey_seq`, `prev_channel`),
+//! `journey_summary` (one row per journey, with FCR and give-up) and
+//! `channel_transitions`. The definition the stored journeys are checked against, and
+//! what the views read when the stored journeys are not up to date.
 //!
 //! A journey is the chain of contacts of one customer about one need (the first
 //! declaration segment), each at most the configured gap after the previous one.
 //! Every window shares one partitioning and order — (customer, need) by (`ts`,
 //! `contact_id`) — so the traces are sorted once.
 
-use datafusion::prelude::SessionContext;
-
+use super::views::View;
 use crate::schema::traces_schema;
 
-/// The `CREATE VIEW` statements for a journey gap of `gap_seconds`.
-pub fn view_statements(gap_seconds: i64) -> [String; 3] {
+/// The `SELECT` of `view` for a journey gap of `gap_seconds`.
+pub fn select(view: View, gap_seconds: i64) -> String {
+    let [journeys, summary, transitions] = selects(gap_seconds);
+    match view {
+        View::Journeys => journeys,
+        View::Summary => summary,
+        View::Transitions => transitions,
+    }
+}
+
+fn selects(gap_seconds: i64) -> [String; 3] {
     let gap = format!("INTERVAL '{gap_seconds} seconds'");
     let columns = traces_schema()
         .fields()
@@ -41,7 +51,7 @@ pub fn view_statements(gap_seconds: i64) -> [String; 3] {
          )"
     );
     let journeys = format!(
-        "CREATE OR REPLACE VIEW journeys AS {chain} \
+        "{chain} \
          SELECT {columns}, journey_id, \
            CAST(journey_rn - journey_start_rn + 1 AS INT) AS journey_seq, \
            CASE WHEN journey_start THEN NULL ELSE journey_prev_channel END AS prev_channel \
@@ -49,7 +59,7 @@ pub fn view_statements(gap_seconds: i64) -> [String; 3] {
     );
     // Grouped by the window keys plus the journey's first row number.
     let summary = format!(
-        "CREATE OR REPLACE VIEW journey_summary AS {chain} \
+        "{chain} \
          SELECT max(journey_id) AS journey_id, customer_id, journey_need AS need, \
            min(ts) AS started_at, max(ts) AS ended_at, count(*) AS contacts, \
            count(DISTINCT channel) AS channels, \
@@ -64,8 +74,7 @@ pub fn view_statements(gap_seconds: i64) -> [String; 3] {
     // A transition is a contact that continues a journey: the previous contact of the
     // same customer and need is at most the gap before it. One window, no journey ids.
     let transitions = format!(
-        "CREATE OR REPLACE VIEW channel_transitions AS \
-         SELECT journey_prev_channel AS from_channel, channel AS to_channel, count(*) AS contacts \
+        "SELECT journey_prev_channel AS from_channel, channel AS to_channel, count(*) AS contacts \
          FROM ( \
            SELECT channel, ts, lag(ts) OVER w AS journey_prev_ts, \
              lag(channel) OVER w AS journey_prev_channel \
@@ -77,13 +86,4 @@ pub fn view_statements(gap_seconds: i64) -> [String; 3] {
          GROUP BY journey_prev_channel, channel"
     );
     [journeys, summary, transitions]
-}
-
-/// Creates the three views in `ctx` (which must already have `traces` and the
-/// path functions).
-pub async fn register(ctx: &SessionContext, gap_seconds: i64) -> datafusion::common::Result<()> {
-    for statement in view_statements(gap_seconds) {
-        ctx.sql(&statement).await?;
-    }
-    Ok(())
 }
