@@ -136,6 +136,42 @@ impl Source {
             .unwrap();
         path
     }
+
+    /// `rows` traces of days [from, to) again, `days_later` days later: the same
+    /// `contact_id`s on other days (a contact id is unique within a day only).
+    async fn repeated_ids(&self, from: u32, to: u32, days_later: u32, rows: u32) -> PathBuf {
+        let path = self.dir.join(format!("again_{from}_{to}.parquet"));
+        let columns: Vec<String> = self
+            .ctx
+            .table("src")
+            .await
+            .unwrap()
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "ts" => format!("ts + INTERVAL '{days_later} days' AS ts"),
+                name => format!("\"{name}\""),
+            })
+            .collect();
+        let start = "TIMESTAMP '2025-11-01 00:00:00+00:00'";
+        self.ctx
+            .sql(&format!(
+                "SELECT {} FROM src WHERE ts >= {start} + INTERVAL '{from} days' \
+                 AND ts < {start} + INTERVAL '{to} days' ORDER BY contact_id LIMIT {rows}",
+                columns.join(", ")
+            ))
+            .await
+            .unwrap()
+            .write_parquet(
+                path.to_str().unwrap(),
+                DataFrameWriteOptions::new().with_single_file_output(true),
+                None,
+            )
+            .await
+            .unwrap();
+        path
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,6 +190,17 @@ async fn journeys_kept_by_loads_equal_a_recomputation_from_all_traces() {
         assert_views_match_reference(&wh, &step).await;
     }
     assert_eq!(wh.count("traces").await, 6_000);
+
+    // contact ids seen before, on other days: other contacts, in journeys of their own
+    let again = source.repeated_ids(0, 10, 2, 200).await;
+    let record = wh.load(&[&again], LoadOptions::default()).await.unwrap();
+    assert!(record.rows_loaded > 0, "{record:?}");
+    assert_views_match_reference(&wh, "contact ids repeated on other days").await;
+    assert_eq!(
+        wh.count("journeys").await,
+        wh.count("traces").await,
+        "one journey row per trace"
+    );
 
     // a compaction moves traces to a version with the same rows: the journeys follow
     tracecube_engine::cubes::build::compact(&wh.warehouse)

@@ -237,6 +237,12 @@ pub async fn vacuum(warehouse: &Warehouse, retention: Duration) -> Result<Vacuum
     {
         dirs.push(def.dir(slas));
     }
+    // the stored journeys (written by loads and compactions, under their markers)
+    let gap = warehouse
+        .config()
+        .journey_gap_seconds()
+        .map_err(|e| LoadError::Warehouse(e.into()))?;
+    dirs.extend(crate::journeys::maintain::dirs(gap));
     // the work in flight anywhere in the warehouse (markers are kept next to traces)
     let markers = warehouse.table(Table::Traces).await?.object_store();
     let mut report = VacuumReport::default();

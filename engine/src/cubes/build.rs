@@ -690,11 +690,7 @@ async fn compact_marked(warehouse: &Warehouse) -> Result<CompactReport, CubeErro
         traces_seconds: started.elapsed().as_secs_f64(),
         cubes: Vec::new(),
     };
-    for def in CubeDef::all(&warehouse.config().cubes)? {
-        report
-            .cubes
-            .push(compact_cube(warehouse, &def, before, after).await?);
-    }
+    // first, so that a load committed while the cubes are compacted finds them current
     match crate::journeys::maintain::follow_compaction(warehouse, before, after).await {
         Ok(r) => tracing::info!(
             "journeys: {} (traces version {})",
@@ -702,6 +698,11 @@ async fn compact_marked(warehouse: &Warehouse) -> Result<CompactReport, CubeErro
             r.traces_version
         ),
         Err(e) => tracing::warn!("the stored journeys are stale until the next load: {e}"),
+    }
+    for def in CubeDef::all(&warehouse.config().cubes)? {
+        report
+            .cubes
+            .push(compact_cube(warehouse, &def, before, after).await?);
     }
     Ok(report)
 }

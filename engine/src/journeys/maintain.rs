@@ -148,6 +148,11 @@ pub async fn refresh_after_load(
     let reflects = known
         .traces_version
         .or_else(|| (before_was_empty && never_written).then_some(before));
+    if known.traces_version.is_some_and(|v| v >= after) {
+        // a later load or a rebuild got there first: a version is recorded only with
+        // that version's rows
+        return Ok(refreshed("appended", 0, 0, after, started));
+    }
     if reflects != Some(before) || after != before + 1 {
         tracing::info!(
             "journeys reflect traces version {:?}, not {before}: rebuilding them",
@@ -265,7 +270,7 @@ pub async fn follow_compaction(
         .await
         .map_err(warehouse.dir_error(&contacts_dir))?;
     match known.traces_version {
-        Some(v) if v == version => Ok(refreshed("appended", 0, 0, version, started)),
+        Some(v) if v >= version => Ok(refreshed("appended", 0, 0, v, started)),
         Some(v) if v == same_rows_as => {
             commit_nothing(&contacts, version, None)
                 .await

@@ -144,7 +144,9 @@ impl JourneyView {
                     None,
                 )?
                 .project(vec![
+                    col("customer_id").alias("journey_customer_id"),
                     col("contact_id").alias("journey_contact_id"),
+                    col("ts").alias("journey_ts"),
                     col("journey_id"),
                     col("journey_seq"),
                     col("prev_channel"),
@@ -162,9 +164,19 @@ impl JourneyView {
                     .join(
                         links,
                         JoinType::Inner,
+                        // a contact_id is unique within a day, not across days:
+                        // a stored contact is its customer, id and instant
                         (
-                            vec![Column::new(Some("t"), "contact_id")],
-                            vec![Column::from_name("journey_contact_id")],
+                            vec![
+                                Column::new(Some("t"), "customer_id"),
+                                Column::new(Some("t"), "contact_id"),
+                                Column::new(Some("t"), "ts"),
+                            ],
+                            vec![
+                                Column::from_name("journey_customer_id"),
+                                Column::from_name("journey_contact_id"),
+                                Column::from_name("journey_ts"),
+                            ],
                         ),
                         None,
                     )?
@@ -180,15 +192,27 @@ impl JourneyView {
             .expect("traces was read when the session was made")
     }
 
-    /// `plan` with this view's column names and types.
+    /// `plan` with this view's columns, found by name, in its order and types.
     fn conformed(&self, plan: LogicalPlan) -> Result<LogicalPlan> {
-        let exprs: Vec<Expr> = plan
-            .schema()
-            .columns()
-            .into_iter()
-            .zip(self.schema.fields())
-            .map(|(c, f)| cast(Expr::Column(c), f.data_type().clone()).alias(f.name()))
-            .collect();
+        let columns = plan.schema().columns();
+        let exprs = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let column = columns
+                    .iter()
+                    .find(|c| c.name == *f.name())
+                    .ok_or_else(|| {
+                        DataFusionError::Internal(format!(
+                            "{}: the plan has no column {}",
+                            self.view.name(),
+                            f.name()
+                        ))
+                    })?;
+                Ok(cast(Expr::Column(column.clone()), f.data_type().clone()).alias(f.name()))
+            })
+            .collect::<Result<Vec<Expr>>>()?;
         LogicalPlanBuilder::from(plan).project(exprs)?.build()
     }
 }
