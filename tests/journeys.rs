@@ -237,3 +237,40 @@ async fn journey_views_read_traces_while_the_stored_journeys_are_stale() {
     wh.load(&[&file], LoadOptions::default()).await.unwrap();
     assert_views_match_reference(&wh, "after the rebuild").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journeys_too_large_for_a_load_are_stored_by_compact() {
+    // 2 MB of load memory holds the chaining of about 2 600 contacts
+    let wh = TestWarehouse::with(|c| c.load_memory_mb = 2).await;
+    let source = Source::new(&wh).await;
+    let file = source.days(0, 40).await;
+    wh.load(&[&file], LoadOptions::default()).await.unwrap();
+    let [contacts, summary] = maintain::open(&wh.warehouse).await.unwrap();
+    let status = maintain::status(&contacts, &summary).await.unwrap();
+    assert_eq!(status.traces_version, None, "not stored by the load");
+    let gap = wh.config().journey_gap_seconds().unwrap();
+    for view in View::ALL {
+        let columns = compared(view);
+        assert_eq!(
+            rows(&wh, &format!("SELECT {columns} FROM {}", view.name())).await,
+            rows(
+                &wh,
+                &format!(
+                    "SELECT {columns} FROM ({}) AS r",
+                    reference::select(view, gap)
+                )
+            )
+            .await,
+            "{} computed from traces",
+            view.name()
+        );
+    }
+    tracecube_engine::cubes::build::compact(&wh.warehouse)
+        .await
+        .unwrap();
+    assert_views_match_reference(&wh, "after tracecube compact").await;
+    // a small load then keeps them
+    let file = source.days(40, 42).await;
+    wh.load(&[&file], LoadOptions::default()).await.unwrap();
+    assert_views_match_reference(&wh, "after a small load").await;
+}

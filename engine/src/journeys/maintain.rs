@@ -41,6 +41,44 @@ pub enum JourneyError {
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(
+        "chaining {rows} contacts would take about {needed_mb} MB, more than load_memory_mb = {budget_mb}: \
+         the journey views compute journeys from traces until `tracecube compact` stores them"
+    )]
+    OverBudget {
+        rows: u64,
+        needed_mb: u64,
+        budget_mb: u64,
+    },
+}
+
+/// Memory a chaining takes per contact, input and output held together (measured: about
+/// 560 MB more for 750 000 more contacts).
+const CHAIN_BYTES_PER_CONTACT: u64 = 800;
+
+/// Chaining is done in memory: within a load, only when it fits the load's memory
+/// setting (`None`: no limit, as in `tracecube compact`).
+fn check_budget(budget_mb: Option<u64>, rows: u64) -> Result<(), JourneyError> {
+    let needed_mb = (rows * CHAIN_BYTES_PER_CONTACT).div_ceil(1 << 20);
+    match budget_mb {
+        Some(budget_mb) if needed_mb > budget_mb => Err(JourneyError::OverBudget {
+            rows,
+            needed_mb,
+            budget_mb,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The row count of the single-value query `sql`.
+async fn count(ctx: &SessionContext, sql: &str) -> Result<u64, JourneyError> {
+    use datafusion::arrow::array::AsArray;
+    let batches = ctx.sql(sql).await?.collect().await?;
+    Ok(batches.first().filter(|b| b.num_rows() > 0).map_or(0, |b| {
+        b.column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .value(0) as u64
+    }))
 }
 
 /// The folders of the two tables for a journey gap: another gap, other tables.
@@ -137,6 +175,7 @@ pub async fn refresh_after_load(
 ) -> Result<JourneyRefresh, JourneyError> {
     let started = Instant::now();
     let gap = warehouse.config().journey_gap_seconds()? * 1_000_000;
+    let budget_mb = warehouse.config().load_memory_mb;
     let [contacts, summary] = open(warehouse).await?;
     let error = |dir: &str| warehouse.dir_error(dir);
     let [contacts_dir, summary_dir] = dirs(warehouse.config().journey_gap_seconds()?);
@@ -158,12 +197,14 @@ pub async fn refresh_after_load(
             "journeys reflect traces version {:?}, not {before}: rebuilding them",
             known.traces_version
         );
-        return rebuild(warehouse).await;
+        return rebuild_within(warehouse, Some(budget_mb)).await;
     }
     let ctx = session();
     let new = match new_rows {
         Some(table) => {
             ctx.register_table("new_traces", table)?;
+            let rows = count(&ctx, "SELECT count(*) FROM new_traces").await?;
+            check_budget(Some(budget_mb), rows)?;
             ctx.sql(&format!("SELECT {TRACE_COLUMNS} FROM new_traces"))
                 .await?
                 .collect()
@@ -196,11 +237,16 @@ pub async fn refresh_after_load(
             .await
             .map_err(|e| error(&contacts_dir)(e.into()))?,
     )?;
+    let since = format!(
+        "FROM stored WHERE ended_day >= DATE '{}'",
+        date_text(from_day)
+    );
+    let new_rows: usize = new.iter().map(|b| b.num_rows()).sum();
+    let stored_rows = count(&ctx, &format!("SELECT count(*) {since}")).await?;
+    check_budget(Some(budget_mb), stored_rows + new_rows as u64)?;
     let mut input = ctx
         .sql(&format!(
-            "SELECT customer_id, need, ts, contact_id, channel, resolved FROM stored \
-             WHERE ended_day >= DATE '{}'",
-            date_text(from_day)
+            "SELECT customer_id, need, ts, contact_id, channel, resolved {since}"
         ))
         .await?
         .collect()
@@ -230,10 +276,19 @@ pub async fn refresh_after_load(
 
 /// Rebuild the stored journeys from `traces` at its latest version.
 pub async fn rebuild(warehouse: &Warehouse) -> Result<JourneyRefresh, JourneyError> {
+    rebuild_within(warehouse, None).await
+}
+
+/// [`rebuild`], unless it would take more than `budget_mb`.
+async fn rebuild_within(
+    warehouse: &Warehouse,
+    budget_mb: Option<u64>,
+) -> Result<JourneyRefresh, JourneyError> {
     let started = Instant::now();
     let gap = warehouse.config().journey_gap_seconds()? * 1_000_000;
     let [contacts, summary] = open(warehouse).await?;
     let traces = warehouse.table(Table::Traces).await?;
+    check_budget(budget_mb, table_rows(&traces))?;
     let version = traces.version().map_or(0, |v| v as i64);
     let provider = traces
         .table_provider()
