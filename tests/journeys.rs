@@ -120,11 +120,20 @@ impl Source {
             return path;
         }
         let start = "TIMESTAMP '2025-11-01 00:00:00+00:00'";
-        self.ctx
-            .sql(&format!(
+        self.write(
+            &format!(
                 "SELECT * FROM src WHERE ts >= {start} + INTERVAL '{from} days' \
                  AND ts < {start} + INTERVAL '{to} days'"
-            ))
+            ),
+            path,
+        )
+        .await
+    }
+
+    /// The rows of `sql` over the generated traces, as one Parquet file at `path`.
+    async fn write(&self, sql: &str, path: PathBuf) -> PathBuf {
+        self.ctx
+            .sql(sql)
             .await
             .unwrap()
             .write_parquet(
@@ -155,22 +164,15 @@ impl Source {
             })
             .collect();
         let start = "TIMESTAMP '2025-11-01 00:00:00+00:00'";
-        self.ctx
-            .sql(&format!(
+        self.write(
+            &format!(
                 "SELECT {} FROM src WHERE ts >= {start} + INTERVAL '{from} days' \
                  AND ts < {start} + INTERVAL '{to} days' ORDER BY contact_id LIMIT {rows}",
                 columns.join(", ")
-            ))
-            .await
-            .unwrap()
-            .write_parquet(
-                path.to_str().unwrap(),
-                DataFrameWriteOptions::new().with_single_file_output(true),
-                None,
-            )
-            .await
-            .unwrap();
-        path
+            ),
+            path,
+        )
+        .await
     }
 }
 

@@ -166,14 +166,7 @@ pub fn chain(batches: &[RecordBatch], gap_micros: i64) -> Result<Chained, ArrowE
     }
 
     let rows: Vec<usize> = order.iter().map(|o| o.2 as usize).collect();
-    let take = |array: &dyn Array| -> Result<ArrayRef, ArrowError> {
-        let indices =
-            datafusion::arrow::array::UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
-        cast(
-            &datafusion::arrow::compute::take(array, &indices, None)?,
-            &DataType::Utf8,
-        )
-    };
+    let take = |array: &dyn Array| utf8_at(array, &rows);
     let ended: Vec<i64> = journey_of
         .iter()
         .map(|&j| journeys[j as usize].ended_at)
@@ -206,15 +199,7 @@ pub fn chain(batches: &[RecordBatch], gap_micros: i64) -> Result<Chained, ArrowE
     )?;
 
     let first_rows: Vec<usize> = journeys.iter().map(|j| j.first_row).collect();
-    let first = |array: &dyn Array| -> Result<ArrayRef, ArrowError> {
-        let indices = datafusion::arrow::array::UInt32Array::from_iter_values(
-            first_rows.iter().map(|&r| r as u32),
-        );
-        cast(
-            &datafusion::arrow::compute::take(array, &indices, None)?,
-            &DataType::Utf8,
-        )
-    };
+    let first = |array: &dyn Array| utf8_at(array, &first_rows);
     let timestamps = |values: Vec<i64>| {
         Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC")) as ArrayRef
     };
@@ -250,6 +235,16 @@ pub fn chain(batches: &[RecordBatch], gap_micros: i64) -> Result<Chained, ArrowE
         ],
     )?;
     Ok(Chained { contacts, summary })
+}
+
+/// The values of `array` at `rows`, as plain strings.
+fn utf8_at(array: &dyn Array, rows: &[usize]) -> Result<ArrayRef, ArrowError> {
+    let indices =
+        datafusion::arrow::array::UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
+    cast(
+        &datafusion::arrow::compute::take(array, &indices, None)?,
+        &DataType::Utf8,
+    )
 }
 
 /// A journey being chained.

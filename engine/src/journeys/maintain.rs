@@ -212,8 +212,7 @@ pub async fn refresh_after_load(
         }
         None => Vec::new(),
     };
-    let new_min = min_ts(&new);
-    let new_max = max_ts(&new);
+    let (new_min, new_max) = ts_range(&new);
     let max_ts = match (known.max_ts, new_max) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
@@ -301,7 +300,7 @@ async fn rebuild_within(
         .await?
         .collect()
         .await?;
-    let max_ts = max_ts(&input);
+    let (_, max_ts) = ts_range(&input);
     let chained = tokio::task::spawn_blocking(move || chain::chain(&input, gap))
         .await
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))??;
@@ -429,24 +428,19 @@ fn table_rows(table: &DeltaTable) -> u64 {
     })
 }
 
-fn ts_values(batches: &[RecordBatch]) -> impl Iterator<Item = i64> + '_ {
+/// The earliest and latest `ts` of `batches`, per batch by the arrow kernels.
+fn ts_range(batches: &[RecordBatch]) -> (Option<i64>, Option<i64>) {
     use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::compute::{max, min};
     use datafusion::arrow::datatypes::TimestampMicrosecondType;
-    batches.iter().flat_map(|b| {
-        let ts = b
-            .column_by_name("ts")
-            .expect("ts is read")
-            .as_primitive::<TimestampMicrosecondType>();
-        ts.iter().flatten().collect::<Vec<_>>()
-    })
-}
-
-fn min_ts(batches: &[RecordBatch]) -> Option<i64> {
-    ts_values(batches).min()
-}
-
-fn max_ts(batches: &[RecordBatch]) -> Option<i64> {
-    ts_values(batches).max()
+    let ts = || {
+        batches.iter().map(|b| {
+            b.column_by_name("ts")
+                .expect("ts is read")
+                .as_primitive::<TimestampMicrosecondType>()
+        })
+    };
+    (ts().filter_map(min).min(), ts().filter_map(max).max())
 }
 
 /// `YYYY-MM-DD` of a day since the epoch.
